@@ -1,0 +1,19 @@
+"""prunekit: pruning for multi-task neural networks, with plugins for every method.
+
+The pieces a user or plugin author needs are importable from here; see docs/architecture.md.
+"""
+from ._version import __version__
+from .errors import PrunekitError
+from .hookspecs import hookimpl
+from .interfaces import (JOINT, Arbiter, Masks, Metric, Plugin, Saliency, Scorer, ScoringContext,
+                         Thresholder)
+from .layout import MultiTaskLayout, ResolvedLayout
+from .masks import AppliedMasks, sparsity_summary
+from .api import compute_masks
+from .engine import RunConfig, load_checkpoint, run
+
+__all__ = [
+    "__version__", "PrunekitError", "hookimpl", "JOINT", "Arbiter", "Masks", "Metric", "Plugin",
+    "Saliency", "Scorer", "ScoringContext", "Thresholder", "MultiTaskLayout", "ResolvedLayout",
+    "AppliedMasks", "sparsity_summary", "compute_masks", "RunConfig", "load_checkpoint", "run",
+]

@@ -1,0 +1,37 @@
+"""Datasets by name. Each yields dicts with ``image`` and one target per task."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch.utils.data import Dataset
+
+from ..errors import PrunekitError, UnknownNameError
+from .nyuv2 import NYUv2
+from .synthetic import NYU13_CLASSES, SyntheticIndoorScenes
+
+SYNTHETIC_TRAIN_LENGTH = 2000
+SYNTHETIC_VAL_LENGTH = 128
+
+
+def synthetic(root, split, size, seed) -> Dataset:
+    length = SYNTHETIC_TRAIN_LENGTH if split == "train" else SYNTHETIC_VAL_LENGTH
+    return SyntheticIndoorScenes(split, size or (64, 80), length, seed)
+
+
+def nyuv2(root, split, size, seed) -> Dataset:
+    if not root:
+        raise PrunekitError("--dataset nyuv2 needs --data-root PATH")
+    return NYUv2(root, split, size)
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {"synthetic": synthetic, "nyuv2": nyuv2}
+
+
+def build_dataset(name: str, split: str, root=None, size=None, seed: int = 0) -> Dataset:
+    """The ``split`` (``train`` or ``val``) of dataset ``name``."""
+    if name not in DATASETS:
+        raise UnknownNameError("dataset", name, DATASETS)
+    return DATASETS[name](root, split, size, seed)
+
+
+__all__ = ["DATASETS", "build_dataset", "NYUv2", "SyntheticIndoorScenes", "NYU13_CLASSES"]

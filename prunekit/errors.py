@@ -1,0 +1,25 @@
+"""Errors a user can cause. The CLI prints them as one line and exits with code 2."""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class PrunekitError(Exception):
+    """A problem with the user's input or run (bad flag, bad path, NaN loss, unknown plugin)."""
+
+
+class UnknownNameError(PrunekitError):
+    """A name that is not among the known ones; the message lists them and the closest match."""
+
+    def __init__(self, what: str, name: str, known: Iterable[str]):
+        self.name, self.known = name, sorted(known)
+        message = f"unknown {what} {name!r}; known: {', '.join(self.known) or '(none)'}"
+        close = difflib.get_close_matches(name, self.known, n=1, cutoff=0.0)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+        super().__init__(message)
+
+
+class NonFiniteLossError(PrunekitError):
+    """A task's loss became NaN or infinite during scoring or training."""

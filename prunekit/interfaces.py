@@ -1,0 +1,101 @@
+"""The four plugin interfaces. The core owns them; plugins implement them.
+
+Every plugin object carries a stable lower-case hyphenated ``name`` (``disparse-snip``) and a
+one-line ``description``; ``kind`` is set by the interface.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .layout import ResolvedLayout
+    from .tasks import Task
+
+# {task name, or JOINT for single-loss scorers: {parameter name: score tensor of the param's shape}}
+Saliency = dict[str, dict[str, torch.Tensor]]
+# {parameter name: bool tensor of the parameter's shape}
+Masks = dict[str, torch.Tensor]
+JOINT = "joint"
+
+
+class Plugin(ABC):
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+
+@dataclass
+class ScoringContext:
+    """What a scorer may use: the model, its resolved layout, the tasks and the scoring batches.
+
+    ``batches`` yields dicts holding ``image`` and one target per task, already on ``device``.
+    ``check_loss(task, loss, where)`` raises a clear error for a NaN or infinite loss.
+    ``progress`` wraps an iterable in a progress bar (or returns it unchanged).
+    """
+
+    model: nn.Module
+    layout: "ResolvedLayout"
+    tasks: Mapping[str, "Task"]
+    batches: Iterable[dict]
+    device: torch.device
+    check_loss: Callable[[str, torch.Tensor, str], None]
+    progress: Callable[[Iterable, str], Iterable] = lambda items, label: items
+
+
+class Scorer(Plugin):
+    """Computes saliency: a score per prunable element, higher means more worth keeping.
+
+    ``per_task`` scorers return one entry per task covering the shared tensors and that task's
+    head; joint scorers return one entry, ``JOINT``, covering every prunable tensor.
+    """
+
+    kind = "scorer"
+    per_task: ClassVar[bool] = True
+    granularity: ClassVar[str] = "element"
+    needs_data: ClassVar[bool] = True
+
+    @abstractmethod
+    def score(self, context: ScoringContext) -> Saliency:
+        """Return ``{task or JOINT: {parameter name: non-negative scores}}``."""
+
+
+class Thresholder(Plugin):
+    """Turns one saliency map into a mask keeping a given fraction of its elements."""
+
+    kind = "thresholder"
+
+    @abstractmethod
+    def masks(self, scores: Mapping[str, torch.Tensor], keep_ratio: float) -> Masks:
+        """Keep ``round(keep_ratio * N)`` of the N elements in ``scores``; return bool masks."""
+
+
+class Arbiter(Plugin):
+    """Merges the K per-task masks of one shared tensor into the tensor's final mask."""
+
+    kind = "arbiter"
+    min_tasks: ClassVar[int] = 1
+
+    @abstractmethod
+    def merge(self, masks: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Return one bool mask from K bool masks of the same shape."""
+
+
+class Metric(Plugin):
+    """Compares two tasks' subnetworks on one layer; higher means more alike."""
+
+    kind = "metric"
+
+    @abstractmethod
+    def layer_score(self, mask_a: torch.Tensor, mask_b: torch.Tensor,
+                    saliency_a: torch.Tensor, saliency_b: torch.Tensor) -> float:
+        """Score one shared tensor given both tasks' masks and normalised saliencies."""
+
+
+INTERFACES: dict[str, type[Plugin]] = {
+    cls.kind: cls for cls in (Scorer, Thresholder, Arbiter, Metric)
+}

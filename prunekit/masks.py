@@ -1,0 +1,56 @@
+"""Masks on a model's parameters: applying them, keeping pruned weights at zero, measuring sparsity."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .interfaces import Masks
+from .layout import ResolvedLayout
+
+
+class AppliedMasks:
+    """Masks bound to a model's parameters. Pruned weights are zeroed now and after every step."""
+
+    def __init__(self, model: nn.Module, masks: Masks):
+        params = dict(model.named_parameters())
+        missing = sorted(set(masks) - set(params))
+        if missing:
+            raise KeyError(f"masks name parameters the model lacks: {', '.join(missing)}")
+        self.pairs = [(params[name], mask.to(params[name].device)) for name, mask in masks.items()]
+        self.zero_pruned()
+
+    @torch.no_grad()
+    def zero_pruned(self) -> None:
+        """Set every pruned weight to exactly zero (call after each optimiser step)."""
+        for param, mask in self.pairs:
+            param.masked_fill_(~mask, 0.0)
+
+    @torch.no_grad()
+    def zero_pruned_gradients(self) -> None:
+        """Zero the gradients of pruned weights, so optimiser state never sees them."""
+        for param, mask in self.pairs:
+            if param.grad is not None:
+                param.grad.masked_fill_(~mask, 0.0)
+
+
+def density(masks: Mapping[str, torch.Tensor], names=None) -> float:
+    names = list(masks) if names is None else list(names)
+    total = sum(masks[n].numel() for n in names)
+    kept = sum(int(masks[n].sum()) for n in names)
+    return kept / total if total else 1.0
+
+
+def sparsity_summary(masks: Masks, layout: ResolvedLayout) -> dict:
+    """Achieved sparsity overall, on the shared tensors, per head and per tensor."""
+    return {
+        "achieved": 1.0 - density(masks, layout.params),
+        "shared": 1.0 - density(masks, layout.shared),
+        "heads": {task: 1.0 - density(masks, names) for task, names in layout.heads.items()},
+        "layers": {name: 1.0 - density(masks, [name]) for name in layout.params},
+    }
+
+
+def dense_masks(layout: ResolvedLayout) -> Masks:
+    return {name: torch.ones_like(p, dtype=torch.bool) for name, p in layout.params.items()}

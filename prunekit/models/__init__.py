@@ -1,0 +1,23 @@
+"""Models by name. A builder takes {task: output channels} and a width multiplier and returns a
+model whose ``layout()`` declares its shared trunk and per-task heads."""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from torch import nn
+
+from ..errors import UnknownNameError
+from .deeplab import MultiTaskDeepLab, deeplab_resnet34
+
+MODELS: dict[str, Callable[[Mapping[str, int], float], nn.Module]] = {
+    "deeplab-resnet34": deeplab_resnet34,
+}
+
+
+def build_model(name: str, task_channels: Mapping[str, int], width: float = 1.0) -> nn.Module:
+    if name not in MODELS:
+        raise UnknownNameError("model", name, MODELS)
+    return MODELS[name](task_channels, width)
+
+
+__all__ = ["MODELS", "build_model", "MultiTaskDeepLab", "deeplab_resnet34"]

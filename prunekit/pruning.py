@@ -1,0 +1,89 @@
+"""From saliency to final masks: threshold per task, merge shared tensors, hit the sparsity.
+
+The union of K per-task masks on the shared tensors keeps more than each task asked for, so the
+model ends up denser than requested. With ``compensate`` (the default) a bisection finds the
+per-task keep ratio at which the achieved overall sparsity matches the requested one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import PrunekitError
+from .interfaces import JOINT, Arbiter, Masks, Saliency, Thresholder
+from .layout import ResolvedLayout
+from .masks import density
+
+COMPENSATION_TOLERANCE = 5e-4  # stop the bisection within 0.05 points of the target density
+MAX_BISECTION_STEPS = 40
+
+
+@dataclass
+class PruneResult:
+    masks: Masks                          # the final mask of every prunable tensor
+    task_masks: dict[str, Masks]          # each task's own mask over its tensors (or JOINT)
+    keep_ratio: float                     # fraction each task kept of its own tensors
+    requested: float                      # requested overall sparsity
+    achieved: float                       # achieved overall sparsity
+    bisection_steps: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_finite(saliency: Saliency) -> None:
+    for key, tensors in saliency.items():
+        for name, scores in tensors.items():
+            if not torch.isfinite(scores).all():
+                raise PrunekitError(f"saliency of {name!r} for {key!r} is not finite (NaN or inf); "
+                                    "the scoring loss or data is broken")
+
+
+def merge_task_masks(task_masks: dict[str, Masks], layout: ResolvedLayout,
+                     arbiter: Arbiter) -> Masks:
+    """Shared tensors: the arbiter's merge of every task's mask. Heads: their own task's mask."""
+    tasks = list(layout.heads)
+    masks = {name: arbiter.merge([task_masks[t][name] for t in tasks]) for name in layout.shared}
+    for task in tasks:
+        masks.update({name: task_masks[task][name] for name in layout.heads[task]})
+    return {name: masks[name] for name in layout.params}  # model order
+
+
+def per_task_masks(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
+                   keep_ratio: float) -> dict[str, Masks]:
+    return {task: thresholder.masks({n: saliency[task][n] for n in layout.task_params(task)},
+                                    keep_ratio)
+            for task in layout.heads}
+
+
+def prune(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
+          arbiter: Arbiter | None, sparsity: float, compensate: bool = True) -> PruneResult:
+    """Masks at overall ``sparsity`` from joint or per-task saliency."""
+    check_finite(saliency)
+    target = 1.0 - sparsity
+    if JOINT in saliency:
+        masks = thresholder.masks({n: saliency[JOINT][n] for n in layout.params}, target)
+        return PruneResult(masks, {JOINT: masks}, target, sparsity, 1.0 - density(masks))
+    if arbiter is None:
+        raise PrunekitError("per-task saliency needs an arbiter to merge the shared tensors")
+
+    def attempt(keep_ratio: float):
+        task_masks = per_task_masks(saliency, layout, thresholder, keep_ratio)
+        masks = merge_task_masks(task_masks, layout, arbiter)
+        return task_masks, masks, density(masks)
+
+    best = (target, *attempt(target))
+    steps = 0
+    if compensate:
+        low, high = 0.0, 1.0
+        while abs(best[3] - target) > COMPENSATION_TOLERANCE and steps < MAX_BISECTION_STEPS:
+            ratio = (low + high) / 2
+            candidate = (ratio, *attempt(ratio))
+            steps += 1
+            if abs(candidate[3] - target) < abs(best[3] - target):
+                best = candidate
+            if candidate[3] > target:
+                high = ratio
+            else:
+                low = ratio
+    keep_ratio, task_masks, masks, achieved_density = best
+    return PruneResult(masks, task_masks, keep_ratio, sparsity, 1.0 - achieved_density, steps)

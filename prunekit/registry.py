@@ -1,0 +1,160 @@
+"""Finds plugins through the entry-point group ``prunekit`` and resolves names to objects.
+
+Built-in methods register through the same entry points a third-party package uses. Setting
+``PRUNEKIT_DISABLE_PLUGIN_AUTOLOAD=1`` loads only prunekit's own entry points, which is how a
+user recovers from a broken third-party plugin and how tests isolate themselves.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+import pluggy
+
+from . import hookspecs
+from .errors import PrunekitError, UnknownNameError
+from .interfaces import INTERFACES, Plugin
+
+ENTRY_POINT_GROUP = "prunekit"
+OWN_DISTRIBUTION = "prunekit"
+AUTOLOAD_SWITCH = "PRUNEKIT_DISABLE_PLUGIN_AUTOLOAD"
+NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+HOOKS = {kind: f"prunekit_register_{kind}s" for kind in INTERFACES}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    kind: str
+    name: str
+    description: str
+    obj: Plugin
+    module: str            # the registering plugin (entry-point name)
+    distribution: str
+    version: str
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "description": self.description,
+                "plugin": self.module, "distribution": self.distribution, "version": self.version}
+
+
+@dataclass(frozen=True)
+class Source:
+    distribution: str
+    version: str
+
+
+def autoload_disabled() -> bool:
+    return os.environ.get(AUTOLOAD_SWITCH, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def iter_entry_points(only_own: bool) -> Iterator[tuple[importlib.metadata.EntryPoint, Source]]:
+    seen = set()
+    for dist in importlib.metadata.distributions():
+        dist_name = dist.metadata["Name"] or "?"
+        if only_own and dist_name != OWN_DISTRIBUTION:
+            continue
+        for ep in dist.entry_points:
+            key = (dist_name, ep.name)
+            if ep.group == ENTRY_POINT_GROUP and key not in seen:
+                seen.add(key)
+                yield ep, Source(dist_name, dist.version)
+
+
+class Registry:
+    """Every registered plugin object, by kind and name."""
+
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.manager.add_hookspecs(hookspecs)
+        self.sources: dict[str, Source] = {}
+        self.entries: dict[str, dict[str, PluginInfo]] = {kind: {} for kind in INTERFACES}
+
+    @classmethod
+    def from_entry_points(cls, only_own: bool | None = None) -> "Registry":
+        registry = cls()
+        only_own = autoload_disabled() if only_own is None else only_own
+        for ep, source in iter_entry_points(only_own):
+            try:
+                module = ep.load()
+            except Exception as exc:
+                raise PrunekitError(
+                    f"plugin {ep.name!r} from {source.distribution} failed to load ({exc}); "
+                    f"set {AUTOLOAD_SWITCH}=1 to load only prunekit's own plugins") from exc
+            registry.add_plugin(module, ep.name, source)
+        return registry
+
+    def add_plugin(self, module: object, name: str, source: Source) -> None:
+        """Register a plugin module (or object) and collect what its hooks register."""
+        if self.manager.has_plugin(name):
+            raise PrunekitError(f"two plugins are named {name!r} "
+                                f"({self.sources[name].distribution} and {source.distribution})")
+        self.manager.register(module, name=name)
+        self.sources[name] = source
+        for kind, hook_name in HOOKS.items():
+            for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+                if impl.plugin_name == name:
+                    self.call_register_hook(impl, kind, name, hook_name)
+
+    def call_register_hook(self, impl, kind: str, plugin_name: str, hook_name: str) -> None:
+        register = functools.partial(self.add, kind, plugin_name, hook_name)
+        try:
+            impl.function(**{arg: register for arg in impl.argnames})
+        except PrunekitError:
+            raise
+        except Exception as exc:
+            raise PrunekitError(f"plugin {plugin_name!r} failed in {hook_name}: {exc!r}") from exc
+
+    def add(self, kind: str, plugin_name: str, hook_name: str, obj: object) -> None:
+        interface = INTERFACES[kind]
+        where = f"plugin {plugin_name!r} (hook {hook_name})"
+        if not isinstance(obj, interface):
+            raise PrunekitError(f"{where} registered {obj!r}, which is not a {interface.__name__}")
+        name = getattr(obj, "name", None)
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise PrunekitError(f"{where} registered a {kind} named {name!r}; names are "
+                                "lower-case words joined by hyphens")
+        if name in self.entries[kind]:
+            other = self.entries[kind][name].module
+            raise PrunekitError(f"{where} registered {kind} {name!r}, already registered by "
+                                f"plugin {other!r}")
+        source = self.sources[plugin_name]
+        description = (getattr(obj, "description", "") or "").strip().splitlines()
+        self.entries[kind][name] = PluginInfo(kind, name, description[0] if description else "",
+                                              obj, plugin_name, source.distribution,
+                                              source.version)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[self.check_kind(kind)])
+
+    def info(self, kind: str, name: str) -> PluginInfo:
+        entries = self.entries[self.check_kind(kind)]
+        if name not in entries:
+            raise UnknownNameError(kind, name, entries)
+        return entries[name]
+
+    def get(self, kind: str, name: str) -> Plugin:
+        return self.info(kind, name).obj
+
+    def all(self, kind: str | None = None) -> list[PluginInfo]:
+        kinds = [self.check_kind(kind)] if kind else list(self.entries)
+        return [self.entries[k][n] for k in kinds for n in sorted(self.entries[k])]
+
+    @staticmethod
+    def check_kind(kind: str) -> str:
+        if kind not in INTERFACES:
+            raise UnknownNameError("plugin kind", kind, INTERFACES)
+        return kind
+
+
+@functools.lru_cache(maxsize=None)
+def default_registry() -> Registry:
+    """The registry of installed plugins, loaded once per process."""
+    registry = Registry.from_entry_points()
+    if not registry.names("scorer"):
+        raise PrunekitError("no prunekit plugins are installed; install prunekit with "
+                            "`make install` (pip install --no-build-isolation -e .)")
+    return registry

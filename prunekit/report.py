@@ -1,0 +1,69 @@
+"""The run report: ``report.json`` contents, Delta_T against a baseline, and the stdout summary."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping
+
+from .errors import PrunekitError
+from .tasks import Task
+
+
+def load_baseline(run_dir: str | Path) -> dict:
+    """The report of a finished (usually dense) run, for Delta_T."""
+    path = Path(run_dir) / "report.json"
+    if not path.is_file():
+        raise PrunekitError(f"baseline run {str(run_dir)!r} has no report.json")
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PrunekitError(f"baseline report {str(path)!r} is not valid JSON ({exc})") from exc
+    if not report.get("complete"):
+        raise PrunekitError(f"baseline run {str(run_dir)!r} did not finish (complete is not true)")
+    return report
+
+
+def delta_t(metrics: Mapping[str, Mapping[str, float]],
+            baseline: Mapping[str, Mapping[str, float]],
+            tasks: Mapping[str, Task]) -> dict:
+    """Normalised multi-task score in percent, against a baseline run.
+
+    Per metric, the signed relative change (M - M_base) / M_base, negated where lower is better;
+    per task, the mean over its metrics; overall, the mean over tasks.
+    """
+    per_task = {}
+    for name, task in tasks.items():
+        if name not in baseline:
+            raise PrunekitError(f"the baseline run has no metrics for task {name!r}")
+        changes = []
+        for metric, higher_is_better in task.higher_is_better.items():
+            value, base = metrics[name][metric], baseline[name].get(metric)
+            if base is None or base == 0 or not math.isfinite(base) or not math.isfinite(value):
+                continue
+            sign = 1.0 if higher_is_better else -1.0
+            changes.append(sign * (value - base) / abs(base))
+        per_task[name] = 100.0 * sum(changes) / len(changes) if changes else math.nan
+    overall = sum(per_task.values()) / len(per_task) if per_task else math.nan
+    return {"per_task": per_task, "overall": overall}
+
+
+def format_summary(report: dict) -> str:
+    """A short table for stdout: per-task metrics, sparsity and time per phase."""
+    lines = [f"{'task':<8} {'metric':<14} {'value':>9}"]
+    delta = report.get("delta_t")
+    for task, values in report["metrics"].items():
+        for i, (metric, value) in enumerate(values.items()):
+            lines.append(f"{task if i == 0 else '':<8} {metric:<14} {value:>9.4f}")
+        if delta:
+            lines.append(f"{'':<8} {'delta_t (%)':<14} {delta['per_task'][task]:>+9.2f}")
+    if delta:
+        lines.append(f"{'all':<8} {'delta_t (%)':<14} {delta['overall']:>+9.2f}")
+    sparsity = report["sparsity"]
+    heads = ", ".join(f"{t} head {s:.3f}" for t, s in sparsity["heads"].items())
+    lines.append("")
+    lines.append(f"sparsity  requested {sparsity['requested']:.3f}  achieved "
+                 f"{sparsity['achieved']:.3f}  (shared {sparsity['shared']:.3f}, {heads})")
+    lines.append("time      " + "  ".join(f"{phase} {seconds:.1f}s"
+                                          for phase, seconds in report["timings"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""Shared machinery for gradient-based scorers: sum a criterion of (weight, gradient) over batches.
+
+Per-task scoring runs one forward pass per batch and then one backward pass per task on the same
+graph, each over that task's tensors only (the shared ones and its own head), so K tasks cost one
+forward and K backwards rather than K forwards.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .interfaces import JOINT, Saliency, ScoringContext
+
+# criterion(weight, gradient) -> per-element score
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Run in training mode and restore buffers (BatchNorm statistics) and mode afterwards."""
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+        model.train(was_training)
+
+
+def task_losses(context: ScoringContext, batch: dict) -> dict[str, torch.Tensor]:
+    outputs = context.model(batch["image"])
+    losses = {}
+    for name, task in context.tasks.items():
+        losses[name] = task.loss(outputs[name], batch[name])
+        context.check_loss(name, losses[name], "scoring")
+    return losses
+
+
+def accumulate_scores(context: ScoringContext, criterion: Criterion, per_task: bool) -> Saliency:
+    """Sum ``criterion(w, dL/dw)`` over the scoring batches.
+
+    per_task: one entry per task, from that task's loss, over ``layout.task_params(task)``.
+    Otherwise one ``JOINT`` entry from the summed loss over every prunable tensor.
+    """
+    layout, params = context.layout, context.layout.params
+    groups = ({task: layout.task_params(task) for task in context.tasks} if per_task
+              else {JOINT: list(params)})
+    scores = {key: {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
+              for key, names in groups.items()}
+    with preserved_state(context.model):
+        for batch in context.progress(context.batches, "scoring"):
+            losses = task_losses(context, batch)
+            if not per_task:
+                losses = {JOINT: sum(losses.values())}
+            for i, (key, names) in enumerate(groups.items()):
+                tensors = [params[n] for n in names]
+                grads = torch.autograd.grad(losses[key], tensors, retain_graph=i < len(groups) - 1)
+                for name, weight, grad in zip(names, tensors, grads):
+                    scores[key][name] += criterion(weight.detach(), grad).float()
+    return scores
+
+
+def normalise(saliency: Saliency) -> Saliency:
+    """Divide each entry, in place, by its sum over all its tensors (DiSparse's normalisation)."""
+    for tensors in saliency.values():
+        total = sum(float(t.sum()) for t in tensors.values())
+        if total > 0:
+            for t in tensors.values():
+                t.div_(total)
+    return saliency

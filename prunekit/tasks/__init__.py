@@ -1,0 +1,33 @@
+"""Tasks: what a head predicts, its training loss and its evaluation metrics.
+
+Losses and metrics follow the multi-task pruning papers (DiSparse, AdapMTL, on NYUv2):
+segmentation (cross-entropy; mIoU, pixel accuracy), depth (L1 on valid pixels; absolute and
+relative error, delta accuracies) and surface normals (1 - cosine; angle error statistics).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from ..errors import UnknownNameError
+from .base import Meter, Task
+from .depth import DepthTask
+from .normal import NormalTask
+from .segmentation import SegmentationTask
+
+# Builders take the dataset, which knows e.g. its number of classes.
+TASK_BUILDERS: dict[str, Callable[[object], Task]] = {
+    "seg": lambda dataset: SegmentationTask(dataset.num_classes),
+    "depth": lambda dataset: DepthTask(),
+    "normal": lambda dataset: NormalTask(),
+}
+
+
+def build_tasks(names: Sequence[str], dataset) -> dict[str, Task]:
+    for name in names:
+        if name not in TASK_BUILDERS:
+            raise UnknownNameError("task", name, TASK_BUILDERS)
+    return {name: TASK_BUILDERS[name](dataset) for name in names}
+
+
+__all__ = ["Task", "Meter", "SegmentationTask", "DepthTask", "NormalTask", "TASK_BUILDERS",
+           "build_tasks"]

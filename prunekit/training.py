@@ -1,0 +1,80 @@
+"""Sparse training and evaluation of a multi-task model."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .errors import NonFiniteLossError
+from .masks import AppliedMasks
+from .tasks import Task
+
+Progress = Callable[[Iterable, str], Iterable]
+
+
+def no_progress(items: Iterable, label: str) -> Iterable:
+    return items
+
+
+def check_loss(task: str, loss: torch.Tensor, where: str) -> None:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"the {task!r} loss is {value} during {where}; lower --lr, "
+                                 "or check the data and model for NaN/inf")
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def endless(loader: DataLoader, device: torch.device) -> Iterator[dict]:
+    while True:
+        for batch in loader:
+            yield to_device(batch, device)
+
+
+def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, iterations: int,
+          lr: float, masks: AppliedMasks | None, device: torch.device,
+          progress: Progress = no_progress) -> list[dict[str, float]]:
+    """Adam on the summed task losses with cosine learning-rate decay.
+
+    With ``masks``, pruned weights get zero gradients and are re-zeroed after each step, so they
+    stay exactly zero. Returns the per-task losses of every step.
+    """
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(iterations, 1))
+    history = []
+    batches = endless(loader, device)
+    for step in progress(range(iterations), "training"):
+        batch = next(batches)
+        outputs = model(batch["image"])
+        losses = {name: task.loss(outputs[name], batch[name]) for name, task in tasks.items()}
+        for name, loss in losses.items():
+            check_loss(name, loss, f"training step {step}")
+        optimiser.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        if masks is not None:
+            masks.zero_pruned_gradients()
+        optimiser.step()
+        schedule.step()
+        if masks is not None:
+            masks.zero_pruned()
+        history.append({name: float(loss.detach()) for name, loss in losses.items()})
+    return history
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader,
+             device: torch.device, progress: Progress = no_progress) -> dict[str, dict[str, float]]:
+    model.eval()
+    meters = {name: task.meter() for name, task in tasks.items()}
+    for batch in progress(loader, "evaluating"):
+        batch = to_device(batch, device)
+        outputs = model(batch["image"])
+        for name, meter in meters.items():
+            meter.update(outputs[name], batch[name])
+    return {name: meter.compute() for name, meter in meters.items()}
