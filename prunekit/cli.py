@@ -77,6 +77,8 @@ def cli():
 @click.option("--score-batches", type=int, default=DEFAULTS["score_batches"], show_default=True,
               help="Batches whose saliency is summed.")
 @click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True)
+@click.option("--workers", type=int, default=DEFAULTS["workers"], show_default=True,
+              help="Data-loading processes (0: load in the main process).")
 @click.option("--lr", type=float, default=DEFAULTS["lr"], show_default=True,
               help="Adam learning rate (cosine-decayed to zero).")
 @click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True)

@@ -46,15 +46,16 @@ class RunConfig:
     dense: bool = False              # train without pruning (a baseline for Delta_T)
     tasks: tuple[str, ...] = DEFAULT_TASKS
     model: str = "deeplab-resnet34"
-    width: float = 0.25
+    width: float = 0.125
     dataset: str = "synthetic"
     data_root: str | None = None
     image_size: tuple[int, int] | None = None   # None: the dataset's own size
     val_samples: int | None = 128               # None: the whole validation split
-    iterations: int = 300
+    iterations: int = 400
     score_batches: int = 10
     batch_size: int = 8
-    lr: float = 1e-3
+    workers: int = 0                 # data-loading processes (0: load in the main process)
+    lr: float = 2e-3
     seed: int = 0
     device: str = "cpu"
     out: str | None = None
@@ -73,6 +74,8 @@ class RunConfig:
         for what, value in positive.items():
             if not value > 0:
                 raise PrunekitError(f"{what} must be positive, got {value}")
+        if self.workers < 0:
+            raise PrunekitError(f"workers must be >= 0, got {self.workers}")
         if self.iterations < 0:
             raise PrunekitError(f"iterations must be >= 0, got {self.iterations}")
         if self.val_samples is not None and self.val_samples < 1:
@@ -217,7 +220,8 @@ class Run:
         generator = torch.Generator().manual_seed(self.config.seed)
         return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle,
                           drop_last=shuffle and len(dataset) >= self.config.batch_size,
-                          generator=generator)
+                          generator=generator, num_workers=self.config.workers,
+                          persistent_workers=self.config.workers > 0)
 
     def masks(self) -> Masks:
         config = self.config
