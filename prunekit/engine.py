@@ -25,6 +25,7 @@ from .files import save_torch, write_json
 from .interfaces import Masks
 from .layout import ResolvedLayout
 from .masks import AppliedMasks, dense_masks, sparsity_summary
+from .pruning import PruneResult
 from .models import build_model
 from .registry import default_registry
 from .report import delta_t, load_baseline
@@ -163,21 +164,26 @@ def plugin_record(config: RunConfig, per_task: bool) -> dict:
     return record
 
 
-def task_overlap(task_masks: dict[str, Masks], layout: ResolvedLayout,
+def task_overlap(result: PruneResult, layout: ResolvedLayout,
                  metric_names: tuple[str, ...]) -> dict:
-    """Each metric's mean over the shared tensors for every pair of tasks' own masks."""
+    """Each metric's mean over the shared tensors for every pair of tasks' own subnetworks."""
+    masks, saliency = result.task_masks, result.saliency
     overlap = {}
     for name in metric_names:
         metric = resolve("metric", name)
         for a, b in itertools.combinations(layout.tasks, 2):
-            scores = [metric.layer_score(task_masks[a][n], task_masks[b][n], None, None)
+            scores = [metric.layer_score(masks[a][n], masks[b][n], saliency[a][n], saliency[b][n])
                       for n in layout.shared]
             overlap.setdefault(name, {})[f"{a}/{b}"] = sum(scores) / len(scores)
     return overlap
 
 
 class Run:
-    """The state of one run; ``execute`` does the work and writes the outputs."""
+    """The state of one run.
+
+    ``prepare`` checks everything a user can get wrong and builds data and model, before any
+    output exists; ``execute`` does the work; ``finish`` writes report.json.
+    """
 
     def __init__(self, config: RunConfig, progress: Progress):
         self.config, self.progress = config, progress
@@ -199,6 +205,8 @@ class Run:
         self.device = resolve_device(config.device)
         self.baseline = load_baseline(config.baseline) if config.baseline else None
         self.out_dir = Path(config.out) if config.out else default_out_dir(config)
+        with timed(self.timings, "setup"):
+            self.build()
 
     def build(self) -> None:
         config = self.config
@@ -227,21 +235,19 @@ class Run:
         config = self.config
         if config.dense:
             return dense_masks(self.layout)
-        batches = Batches(self.train_loader, config.score_batches, self.device)
+        batches = (Batches(self.train_loader, config.score_batches, self.device)
+                   if self.scorer.needs_data else [])
         result = compute_masks(self.model, self.layout, self.tasks, batches, self.scorer,
                                config.arbiter, config.thresholder, config.sparsity,
                                config.compensate, self.device, progress=self.progress)
         self.timings.update({phase: round(s, 3) for phase, s in result.timings.items()})
         self.report["keep_ratio_per_task"] = result.keep_ratio
         if self.per_task and len(self.tasks) > 1:
-            self.report["task_overlap"] = task_overlap(result.task_masks, self.layout,
-                                                       config.metrics)
-        return result.masks
+            self.report["task_overlap"] = task_overlap(result, self.layout, config.metrics)
+        return result.masks  # the saliency goes with the result: scores live only this long
 
     def execute(self) -> dict:
         config = self.config
-        with timed(self.timings, "setup"):
-            self.build()
         masks = self.masks()
         applied = AppliedMasks(self.model, masks)
         with timed(self.timings, "training"):

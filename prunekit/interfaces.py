@@ -52,6 +52,8 @@ class Scorer(Plugin):
 
     ``per_task`` scorers return one entry per task covering the shared tensors and that task's
     head; joint scorers return one entry, ``JOINT``, covering every prunable tensor.
+    ``needs_data = False`` marks data-free scorers: a run passes them no batches.
+    ``granularity`` is ``"element"``: one score per weight.
     """
 
     kind = "scorer"

@@ -28,6 +28,8 @@ class PruneResult:
     achieved: float                       # achieved overall sparsity
     bisection_steps: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    # the saliency the masks came from, for analysis (task overlap); set to None to free it
+    saliency: Saliency | None = None
 
 
 def check_finite(saliency: Saliency) -> None:
@@ -62,7 +64,8 @@ def prune(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
     target = 1.0 - sparsity
     if JOINT in saliency:
         masks = thresholder.masks({n: saliency[JOINT][n] for n in layout.params}, target)
-        return PruneResult(masks, {JOINT: masks}, target, sparsity, 1.0 - density(masks))
+        return PruneResult(masks, {JOINT: masks}, target, sparsity, 1.0 - density(masks),
+                           saliency=saliency)
     if arbiter is None:
         raise PrunekitError("per-task saliency needs an arbiter to merge the shared tensors")
 
@@ -86,4 +89,5 @@ def prune(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
             else:
                 low = ratio
     keep_ratio, task_masks, masks, achieved_density = best
-    return PruneResult(masks, task_masks, keep_ratio, sparsity, 1.0 - achieved_density, steps)
+    return PruneResult(masks, task_masks, keep_ratio, sparsity, 1.0 - achieved_density, steps,
+                       saliency=saliency)

@@ -92,7 +92,13 @@ class Registry:
         if self.manager.has_plugin(name):
             raise PrunekitError(f"two plugins are named {name!r} "
                                 f"({self.sources[name].distribution} and {source.distribution})")
-        self.manager.register(module, name=name)
+        try:
+            self.manager.register(module, name=name)
+            self.manager.check_pending()  # a hook name that matches no spec is a typo
+        except pluggy.PluginValidationError as exc:
+            self.manager.unregister(name=name)
+            raise PrunekitError(f"plugin {name!r} from {source.distribution} is invalid: "
+                                f"{exc}") from exc
         self.sources[name] = source
         for kind, hook_name in HOOKS.items():
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
@@ -112,7 +118,8 @@ class Registry:
         interface = INTERFACES[kind]
         where = f"plugin {plugin_name!r} (hook {hook_name})"
         if not isinstance(obj, interface):
-            raise PrunekitError(f"{where} registered {obj!r}, which is not a {interface.__name__}")
+            raise PrunekitError(f"{where} registered {obj!r}, which does not subclass "
+                                f"prunekit.{interface.__name__}")
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise PrunekitError(f"{where} registered a {kind} named {name!r}; names are "

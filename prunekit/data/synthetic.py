@@ -262,8 +262,8 @@ def intersect_spheres(origin, directions, spheres: list[Sphere]):
     hit = (disc >= 0) & (t > EPS)
     t = torch.where(hit, t, torch.full_like(t, math.inf))
     points = origin + t[..., None].clamp(max=1e3) * directions[None]
-    normal = (points - centres) / radii[..., None]
-    return t, normal
+    normal = points - centres
+    return t, normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-9)  # exact unit length
 
 
 def texture(points: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

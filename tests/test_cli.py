@@ -1,0 +1,174 @@
+"""The command line end to end (quick mode) and its handling of bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunekit import load_checkpoint
+from prunekit.cli import main
+from prunekit.models import build_model
+
+TASKS = ("seg", "depth", "normal")
+
+
+def invoke(capsys, *args):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err
+
+
+def quick_run(capsys, out_dir, *extra):
+    code, out, err = invoke(capsys, "run", "--quick", "--no-progress", "--out", str(out_dir),
+                            *extra)
+    assert code == 0, err
+    return json.loads((out_dir / "report.json").read_text()), out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A dense quick run and a pruned quick run with Delta_T against it."""
+    root = tmp_path_factory.mktemp("runs")
+    results = {}
+    for name, extra in (("dense", ["--dense"]),
+                        ("pruned", ["--baseline", str(root / "dense")])):
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", "--quick", "--no-progress", "--out", str(root / name), *extra])
+        assert exit_.value.code == 0
+        results[name] = root / name
+    return results
+
+
+def test_quick_run_writes_a_complete_report(runs):
+    report = json.loads((runs["pruned"] / "report.json").read_text())
+    assert report["complete"] is True
+    for key in ("config", "plugins", "sparsity", "metrics", "timings"):
+        assert key in report
+    assert report["config"]["scorer"] == "disparse-snip" and report["config"]["iterations"] == 4
+    assert {role: p["name"] for role, p in report["plugins"].items()} == {
+        "scorer": "disparse-snip", "thresholder": "topk", "arbiter": "or", "metric:iou": "iou"}
+    assert all(p["version"] and p["distribution"] == "prunekit"
+               for p in report["plugins"].values())
+    sparsity = report["sparsity"]
+    assert sparsity["requested"] == 0.9
+    assert abs(sparsity["achieved"] - 0.9) <= 0.005
+    assert set(sparsity["heads"]) == set(TASKS) and 0 < sparsity["shared"] < 1
+    assert len(sparsity["layers"]) > 40 and all(0 <= v <= 1 for v in sparsity["layers"].values())
+    assert set(report["metrics"]) == set(TASKS)
+    assert set(report["metrics"]["seg"]) == {"miou", "pixel_acc"}
+    assert {"setup", "scoring", "pruning", "training", "evaluation", "total"} <= set(
+        report["timings"])
+    assert set(report["task_overlap"]["iou"]) == {"seg/depth", "seg/normal", "depth/normal"}
+
+
+def test_delta_t_against_the_dense_baseline(runs):
+    dense = json.loads((runs["dense"] / "report.json").read_text())
+    assert dense["sparsity"]["achieved"] == 0.0 and "scorer" not in dense["plugins"]
+    pruned = json.loads((runs["pruned"] / "report.json").read_text())
+    delta = pruned["delta_t"]
+    assert set(delta["per_task"]) == set(TASKS)
+    assert delta["overall"] == pytest.approx(sum(delta["per_task"].values()) / 3)
+
+
+def test_checkpoint_loads_weights_only_into_a_fresh_model(runs):
+    path = runs["pruned"] / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    assert set(checkpoint) >= {"model", "masks"}
+    fresh = build_model("deeplab-resnet34", {"seg": 13, "depth": 1, "normal": 3}, width=0.125)
+    fresh.load_state_dict(checkpoint["model"], strict=True)
+    weights = dict(fresh.named_parameters())
+    for name, mask in checkpoint["masks"].items():
+        assert mask.dtype == torch.bool and mask.shape == weights[name].shape
+        assert (weights[name][~mask] == 0).all(), name
+    model, masks = load_checkpoint(path)
+    assert masks.keys() == checkpoint["masks"].keys()
+
+
+def test_summary_table_on_stdout(capsys, tmp_path):
+    _, out = quick_run(capsys, tmp_path / "r", "--tasks", "seg,depth", "--sparsity", "0.5")
+    assert "pixel_acc" in out and "abs_err" in out and "mean_angle" not in out
+    assert "requested 0.500" in out and "training" in out
+
+
+def test_joint_snip_run(capsys, tmp_path):
+    report, _ = quick_run(capsys, tmp_path / "r", "--scorer", "snip", "--sparsity", "0.7")
+    assert "arbiter" not in report["plugins"]
+    assert abs(report["sparsity"]["achieved"] - 0.7) <= 0.005
+
+
+def test_version_and_plugins(capsys):
+    code, out, _ = invoke(capsys, "--version")
+    assert code == 0 and "prunekit, version" in out
+    code, out, _ = invoke(capsys, "plugins")
+    assert code == 0 and "disparse-snip" in out and "majority" in out and "prunekit" in out
+    code, out, _ = invoke(capsys, "plugins", "--kind", "arbiter", "--json")
+    listed = json.loads(out)
+    assert {p["name"] for p in listed} == {"or", "and", "majority"}
+    assert all(p["kind"] == "arbiter" and p["distribution"] == "prunekit" for p in listed)
+
+
+BAD_INPUTS = {
+    "sparsity zero": (["--sparsity", "0"], "sparsity must be strictly between 0 and 1"),
+    "sparsity one": (["--sparsity", "1"], "sparsity must be strictly between 0 and 1"),
+    "sparsity above one": (["--sparsity", "1.5"], "strictly between 0 and 1"),
+    "unknown scorer": (["--scorer", "disparse-snp"], "did you mean 'disparse-snip'"),
+    "unknown arbiter": (["--arbiter", "xor"], "unknown arbiter 'xor'"),
+    "unknown task": (["--tasks", "seg,edges"], "unknown task 'edges'"),
+    "majority with two tasks": (["--arbiter", "majority", "--tasks", "seg,depth"],
+                                "needs at least 3 tasks"),
+    "missing data path": (["--dataset", "nyuv2", "--data-root", "/nonexistent/nyu"],
+                          "does not exist"),
+    "unknown device": (["--device", "tpu"], "device"),
+    "bad image size": (["--image-size", "big"], "HEIGHTxWIDTH"),
+    "unknown option": (["--sparsty", "0.5"], "No such option"),
+    "negative iterations": (["--iterations", "-1"], "iterations must be >= 0"),
+    "missing baseline": (["--baseline", "/nonexistent/run"], "has no report.json"),
+}
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_is_one_line_exit_2_and_no_outputs(capsys, tmp_path, args, message):
+    out_dir = tmp_path / "run"
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--out", str(out_dir), *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunekit: error:"), err
+    assert message in lines[0]
+    assert not (out_dir / "checkpoint.pt").exists() and not (out_dir / "report.json").exists()
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = invoke(capsys, "run", "--quick", "--device", "cuda", "--out",
+                          str(tmp_path / "r"))
+    assert code == 2 and "no usable CUDA GPU" in err and len(err.strip().splitlines()) == 1
+
+
+def test_nan_loss_in_training_leaves_an_incomplete_report_and_no_checkpoint(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--lr", "1e30", "--out",
+                          str(out_dir))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "loss is nan during training" in err
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["complete"] is False and "nan" in report["error"]
+    assert not (out_dir / "checkpoint.pt").exists()
+    assert not [p for p in out_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_installed_script_reports_errors_without_traceback(tmp_path):
+    script = Path(sys.executable).with_name("prunekit")
+    env = {**os.environ, "PRUNEKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    result = subprocess.run([str(script), "run", "--sparsity", "2", "--out", str(tmp_path)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("prunekit: error: sparsity must be strictly between 0 and 1, "
+                                     "got 2.0")
+    result = subprocess.run([sys.executable, "-m", "prunekit", "--version"], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0 and "prunekit, version" in result.stdout

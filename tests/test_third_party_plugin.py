@@ -1,0 +1,93 @@
+"""A third-party plugin package, installed with pip, is found, listed, run and recorded.
+
+The package in tests/example_plugin is the template shown in docs/plugins.md. It is copied to a
+temporary folder (so building leaves nothing behind in the repository), installed there with
+``pip install --target`` and put on PYTHONPATH of CLI subprocesses only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parent / "example_plugin"
+DISTRIBUTION = "prunekit-example-plugin"
+VERSION = "0.1.0"
+AUTOLOAD_SWITCH = "PRUNEKIT_DISABLE_PLUGIN_AUTOLOAD"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The example plugin installed into a fresh folder (pip runs once for this module)."""
+    root = tmp_path_factory.mktemp("third_party")
+    source = root / "example_plugin"
+    shutil.copytree(PACKAGE, source,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    target = root / "site"
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps",
+                             "--no-build-isolation", "--disable-pip-version-check",
+                             "--target", str(target), str(source)],
+                            cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, f"pip failed:\n{result.stdout}\n{result.stderr}"
+    return target
+
+
+def prunekit(site: Path, cwd: Path, *args: str, autoload: bool = True):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    if autoload:
+        env.pop(AUTOLOAD_SWITCH, None)
+    else:
+        env[AUTOLOAD_SWITCH] = "1"
+    return subprocess.run([sys.executable, "-m", "prunekit", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def listed(site: Path, cwd: Path, autoload: bool = True) -> dict[tuple[str, str], dict]:
+    result = prunekit(site, cwd, "plugins", "--json", autoload=autoload)
+    assert result.returncode == 0, result.stderr
+    return {(e["kind"], e["name"]): e for e in json.loads(result.stdout)}
+
+
+def test_plugins_lists_the_third_party_methods(site, tmp_path):
+    entries = listed(site, tmp_path)
+    for kind, name in [("scorer", "example-magnitude"), ("arbiter", "example-first")]:
+        entry = entries[(kind, name)]
+        assert entry["distribution"] == DISTRIBUTION
+        assert entry["version"] == VERSION
+        assert entry["plugin"] == "example"
+        assert entry["description"]
+    assert entries[("scorer", "snip")]["distribution"] == "prunekit"  # built-ins still there
+
+
+def test_run_with_the_third_party_scorer(site, tmp_path):
+    out = tmp_path / "run"
+    result = prunekit(site, tmp_path, "run", "--quick", "--scorer", "example-magnitude",
+                      "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is True
+    scorer = report["plugins"]["scorer"]
+    assert scorer == {"name": "example-magnitude", "distribution": DISTRIBUTION,
+                      "version": VERSION}
+    assert report["sparsity"]["achieved"] == pytest.approx(0.9, abs=0.005)
+
+
+def test_autoload_switch_hides_the_third_party_plugin(site, tmp_path):
+    entries = listed(site, tmp_path, autoload=False)
+    assert not [e for e in entries.values() if e["distribution"] == DISTRIBUTION]
+    assert ("scorer", "example-magnitude") not in entries
+    assert ("scorer", "snip") in entries
+
+    out = tmp_path / "run"
+    result = prunekit(site, tmp_path, "run", "--quick", "--scorer", "example-magnitude",
+                      "--out", str(out), "--no-progress", autoload=False)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "unknown scorer" in lines[0] and "'example-magnitude'" in lines[0]
