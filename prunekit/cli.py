@@ -71,7 +71,7 @@ def cli():
 @click.option("--image-size", callback=image_size, default=None,
               help="HEIGHTxWIDTH of the images [default: the dataset's, 64x80 for synthetic].")
 @click.option("--val-samples", type=int, default=DEFAULTS["val_samples"], show_default=True,
-              help="Validation samples to evaluate on.")
+              help="Validation samples to evaluate on (0: the whole split).")
 @click.option("--iterations", type=int, default=DEFAULTS["iterations"], show_default=True,
               help="Training steps after pruning.")
 @click.option("--score-batches", type=int, default=DEFAULTS["score_batches"], show_default=True,

@@ -51,7 +51,7 @@ class RunConfig:
     dataset: str = "synthetic"
     data_root: str | None = None
     image_size: tuple[int, int] | None = None   # None: the dataset's own size
-    val_samples: int | None = 128               # None: the whole validation split
+    val_samples: int = 128                      # 0: the whole validation split
     iterations: int = 400
     score_batches: int = 10
     batch_size: int = 8
@@ -79,8 +79,8 @@ class RunConfig:
             raise PrunekitError(f"workers must be >= 0, got {self.workers}")
         if self.iterations < 0:
             raise PrunekitError(f"iterations must be >= 0, got {self.iterations}")
-        if self.val_samples is not None and self.val_samples < 1:
-            raise PrunekitError(f"val samples must be >= 1, got {self.val_samples}")
+        if self.val_samples < 0:
+            raise PrunekitError(f"val samples must be >= 0, got {self.val_samples}")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -215,7 +215,7 @@ class Run:
                                   config.seed)
         val_set = build_dataset(config.dataset, "val", config.data_root, config.image_size,
                                 config.seed)
-        if config.val_samples is not None and config.val_samples < len(val_set):
+        if 0 < config.val_samples < len(val_set):
             val_set = Subset(val_set, range(config.val_samples))
         self.tasks = build_tasks(config.tasks, train_set)
         channels = {name: task.channels for name, task in self.tasks.items()}
