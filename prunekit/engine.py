@@ -128,11 +128,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def default_out_dir(config: RunConfig) -> Path:
+def default_out_dir(config: RunConfig, per_task: bool) -> Path:
+    """``runs/<time>-<scorer>-<arbiter>`` (no arbiter for joint scorers), never an existing one."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    method = "dense" if config.dense else (
-        f"{config.scorer}-{config.arbiter}" if resolve("scorer", config.scorer).per_task
-        else config.scorer)
+    method = ("dense" if config.dense
+              else f"{config.scorer}-{config.arbiter}" if per_task else config.scorer)
     path = Path("runs") / f"{stamp}-{method}"
     for suffix in itertools.count(2):
         if not path.exists():
@@ -204,7 +204,7 @@ class Run:
         self.report["plugins"] = plugin_record(config, self.per_task)
         self.device = resolve_device(config.device)
         self.baseline = load_baseline(config.baseline) if config.baseline else None
-        self.out_dir = Path(config.out) if config.out else default_out_dir(config)
+        self.out_dir = Path(config.out) if config.out else default_out_dir(config, self.per_task)
         with timed(self.timings, "setup"):
             self.build()
 

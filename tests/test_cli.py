@@ -172,3 +172,16 @@ def test_installed_script_reports_errors_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "prunekit", "--version"], capture_output=True,
                             text=True, env=env)
     assert result.returncode == 0 and "prunekit, version" in result.stdout
+
+
+def test_default_output_folder_names_the_method(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in (["--scorer", "disparse-snip", "--arbiter", "and"], ["--scorer", "snip"]):
+        code, out, err = invoke(capsys, "run", "--quick", "--no-progress", *args)
+        assert code == 0, err
+    folders = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(folders) == 2
+    assert any(f.endswith("-disparse-snip-and") for f in folders)
+    assert any(f.endswith("-snip") and "disparse" not in f for f in folders)
+    for folder in folders:
+        assert json.loads((tmp_path / "runs" / folder / "report.json").read_text())["complete"]

@@ -3,6 +3,12 @@
 For a mask m multiplying each weight, |dL/dm| at m = 1 equals |w * dL/dw|; it is summed over the
 scoring batches (as the DiSparse reference does) and normalised to sum to one over the tensors a
 task scores (its head and the shared backbone).
+
+Where this differs from the DiSparse reference code: it scores the model's own weights (the
+reference re-draws Xavier-normal weights in a scoring copy, then masks the original), runs one
+forward pass per batch for all tasks (the reference runs one per task; the same gradients up to
+dropout noise), and the thresholder keeps exactly k weights (the reference keeps every score
+>= the k-th, so ties can keep more).
 """
 from __future__ import annotations
 
@@ -22,16 +28,13 @@ class SnipScorer(Scorer):
     per_task = False
 
     def score(self, context: ScoringContext):
-        return normalise(accumulate_scores(context, connection_sensitivity, per_task=False))
+        return normalise(accumulate_scores(context, connection_sensitivity, self.per_task))
 
 
-class DisparseSnipScorer(Scorer):
+class DisparseSnipScorer(SnipScorer):
     name = "disparse-snip"
     description = "DiSparse static: per-task |dL_k/dm| over the shared tensors and task k's head"
     per_task = True
-
-    def score(self, context: ScoringContext):
-        return normalise(accumulate_scores(context, connection_sensitivity, per_task=True))
 
 
 @hookimpl
