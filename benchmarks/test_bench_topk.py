@@ -1,6 +1,6 @@
 """Speed of prunekit's topk_mask against two plain-torch ways of building a top-k mask.
 
-Run with:  .venv/bin/python -m pytest benchmarks -q
+Run with:  make bench   (or .venv/bin/python -m pytest benchmarks)
 
 Each (device, N, keep ratio) is one benchmark group, so the table pytest-benchmark prints puts
 the kernel and its baselines side by side; benchmarks/conftest.py adds a speed-up summary.

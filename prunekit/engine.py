@@ -98,8 +98,9 @@ class RunResult:
 
 
 def tqdm_progress(items, label: str):
+    """A progress bar on stderr when it is a terminal (disable=None); plain iteration otherwise."""
     from tqdm import tqdm
-    return tqdm(items, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True)
+    return tqdm(items, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
 
 
 class Batches:
