@@ -61,7 +61,7 @@ def compute_masks(model: nn.Module, layout: MultiTaskLayout | ResolvedLayout,
     arbiter = resolve("arbiter", arbiter, registry)
     thresholder = resolve("thresholder", thresholder, registry)
     resolved = layout.resolve(model) if isinstance(layout, MultiTaskLayout) else layout
-    if list(tasks) != resolved.tasks:
+    if set(tasks) != set(resolved.tasks):
         raise PrunekitError(f"tasks {list(tasks)} do not match the layout's heads {resolved.tasks}")
     check_arbiter(scorer, arbiter, len(tasks))
     context = ScoringContext(model, resolved, tasks, batches, torch.device(device), check_loss,

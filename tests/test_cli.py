@@ -185,3 +185,14 @@ def test_default_output_folder_names_the_method(capsys, tmp_path, monkeypatch):
     assert any(f.endswith("-snip") and "disparse" not in f for f in folders)
     for folder in folders:
         assert json.loads((tmp_path / "runs" / folder / "report.json").read_text())["complete"]
+
+
+def test_run_on_nyuv2_npy_files(capsys, tmp_path):
+    from test_data import write_nyuv2
+
+    write_nyuv2(tmp_path / "nyu", "train", 4, size=(24, 32))
+    write_nyuv2(tmp_path / "nyu", "val", 2, size=(24, 32))
+    report, _ = quick_run(capsys, tmp_path / "r", "--dataset", "nyuv2", "--data-root",
+                          str(tmp_path / "nyu"))
+    assert report["complete"] and report["config"]["dataset"] == "nyuv2"
+    assert set(report["metrics"]) == set(TASKS)
