@@ -83,7 +83,12 @@ def version():
 
 BUILTIN_PLUGINS = [
     "snip = prunekit_plugins.snip",
+    "gradflow = prunekit_plugins.gradflow",
+    "rigl = prunekit_plugins.rigl",
+    "magnitude = prunekit_plugins.magnitude",
+    "random = prunekit_plugins.random",
     "topk = prunekit_plugins.topk",
+    "erk = prunekit_plugins.erk",
     "arbiters = prunekit_plugins.arbiters",
     "overlap = prunekit_plugins.overlap",
 ]

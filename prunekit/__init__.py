@@ -9,11 +9,12 @@ from .interfaces import (JOINT, Arbiter, Masks, Metric, Plugin, Saliency, Scorer
                          Thresholder)
 from .layout import MultiTaskLayout, ResolvedLayout
 from .masks import AppliedMasks, sparsity_summary
+from .saliency import GradientScorer
 from .api import compute_masks
 from .engine import RunConfig, load_checkpoint, run
 
 __all__ = [
     "__version__", "PrunekitError", "hookimpl", "JOINT", "Arbiter", "Masks", "Metric", "Plugin",
     "Saliency", "Scorer", "ScoringContext", "Thresholder", "MultiTaskLayout", "ResolvedLayout",
-    "AppliedMasks", "sparsity_summary", "compute_masks", "RunConfig", "load_checkpoint", "run",
+    "AppliedMasks", "sparsity_summary", "GradientScorer", "compute_masks", "RunConfig", "load_checkpoint", "run",
 ]

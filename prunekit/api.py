@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import PrunekitError
-from .interfaces import Arbiter, Plugin, Scorer, ScoringContext, Thresholder
+from .interfaces import Arbiter, Masks, Plugin, Scorer, ScoringContext, Thresholder
 from .layout import MultiTaskLayout, ResolvedLayout
 from .pruning import PruneResult, prune
 from .registry import Registry, default_registry
@@ -48,13 +48,16 @@ def compute_masks(model: nn.Module, layout: MultiTaskLayout | ResolvedLayout,
                   thresholder: str | Thresholder = "topk", sparsity: float = 0.9,
                   compensate: bool = True, device: torch.device | str = "cpu",
                   registry: Registry | None = None,
-                  progress: Progress = no_progress) -> PruneResult:
+                  progress: Progress = no_progress, seed: int = 0, scope: str | None = None,
+                  within: Masks | None = None) -> PruneResult:
     """Score, threshold and merge: the masks at ``sparsity`` for every prunable tensor.
 
     The result also holds each task's own masks and the seconds spent scoring and pruning.
 
     ``tasks`` maps task names (the keys of the model's output dict and of the batch targets) to
-    ``Task`` objects; ``batches`` yields the scoring batches, already on ``device``.
+    ``Task`` objects; ``batches`` yields the scoring batches, already on ``device``. ``seed``
+    feeds scorers that draw random numbers; ``scope`` goes to the thresholder (None: its
+    default); ``within`` limits the masks to weights still alive (iterative pruning).
     """
     check_sparsity(sparsity)
     scorer = resolve("scorer", scorer, registry)
@@ -65,11 +68,11 @@ def compute_masks(model: nn.Module, layout: MultiTaskLayout | ResolvedLayout,
         raise PrunekitError(f"tasks {list(tasks)} do not match the layout's heads {resolved.tasks}")
     check_arbiter(scorer, arbiter, len(tasks))
     context = ScoringContext(model, resolved, tasks, batches, torch.device(device), check_loss,
-                             progress)
+                             progress, seed)
     started = time.perf_counter()
     saliency = scorer.score(context)
     scored = time.perf_counter()
     result = prune(saliency, resolved, thresholder, arbiter if scorer.per_task else None,
-                   sparsity, compensate)
+                   sparsity, compensate, scope, within)
     result.timings = {"scoring": scored - started, "pruning": time.perf_counter() - scored}
     return result

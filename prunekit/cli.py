@@ -48,59 +48,139 @@ def cli():
     """Prune multi-task neural networks: score, threshold, merge, train, report."""
 
 
+def options(*decorators):
+    """Apply click options in the order they are listed (top to bottom in --help)."""
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+    return apply
+
+
+METHOD_OPTIONS = options(
+    click.option("--mode", default=DEFAULTS["mode"], show_default=True,
+                 help="static, pretrained, dynamic or iterative (see docs/methods.md)."),
+    click.option("--arbiter", default=DEFAULTS["arbiter"], show_default=True,
+                 help="Arbiter merging per-task masks of shared tensors."),
+    click.option("--thresholder", default=None,
+                 help="Thresholder turning saliency into masks [default: topk; erk in dynamic "
+                      "mode]."),
+    click.option("--scope", default=None,
+                 help="Thresholder scope: global or layer [default: the thresholder's]."),
+    click.option("--sparsity", type=float, default=DEFAULTS["sparsity"], show_default=True,
+                 help="Fraction of prunable weights to remove, in (0, 1)."),
+    click.option("--compensate/--no-compensate", default=DEFAULTS["compensate"],
+                 show_default=True,
+                 help="Adjust the per-task keep ratio so the merged model hits --sparsity."),
+)
+
+DATA_AND_TRAINING_OPTIONS = options(
+    click.option("--tasks", callback=comma_list, default=",".join(DEFAULTS["tasks"]),
+                 show_default=True, help="Comma-separated tasks: seg, depth, normal."),
+    click.option("--model", default=DEFAULTS["model"], show_default=True),
+    click.option("--width", type=float, default=DEFAULTS["width"], show_default=True,
+                 help="Channel width multiplier of the model."),
+    click.option("--dataset", default=DEFAULTS["dataset"], show_default=True,
+                 help="synthetic (embedded, generated on the fly) or nyuv2."),
+    click.option("--data-root", default=None, help="Dataset folder (nyuv2)."),
+    click.option("--image-size", callback=image_size, default=None,
+                 help="HEIGHTxWIDTH of the images [default: the dataset's, 64x80 for synthetic]."),
+    click.option("--val-samples", type=int, default=DEFAULTS["val_samples"], show_default=True,
+                 help="Validation samples to evaluate on (0: the whole split)."),
+    click.option("--iterations", type=int, default=DEFAULTS["iterations"], show_default=True,
+                 help="Training steps (sparse training, or dense training before pruning)."),
+    click.option("--score-batches", type=int, default=DEFAULTS["score_batches"],
+                 show_default=True, help="Batches whose saliency is summed."),
+    click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True),
+    click.option("--workers", type=int, default=DEFAULTS["workers"], show_default=True,
+                 help="Data-loading processes (0: load in the main process)."),
+    click.option("--lr", type=float, default=DEFAULTS["lr"], show_default=True,
+                 help="Adam learning rate (cosine-decayed to zero)."),
+    click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True),
+    click.option("--device", default=DEFAULTS["device"], show_default=True, help="cpu or cuda."),
+)
+
+MODE_OPTIONS = options(
+    click.option("--init-checkpoint", default=None,
+                 help="pretrained/iterative: prune these weights (a checkpoint.pt) instead of "
+                      "training dense first."),
+    click.option("--finetune-iterations", type=int, default=None,
+                 help="pretrained/iterative: fine-tuning steps after each pruning "
+                      "[default: iterations / 2]."),
+    click.option("--finetune-lr", type=float, default=None,
+                 help="pretrained/iterative: fine-tuning learning rate [default: lr / 10]."),
+    click.option("--prune-rounds", type=int, default=DEFAULTS["prune_rounds"], show_default=True,
+                 help="iterative: prune-and-fine-tune rounds to reach --sparsity."),
+    click.option("--rewind", is_flag=True,
+                 help="iterative: reset surviving weights to their initial values each round."),
+    click.option("--update-interval", type=int, default=DEFAULTS["update_interval"],
+                 show_default=True, help="dynamic: steps between drop-and-grow updates."),
+    click.option("--update-end", type=float, default=DEFAULTS["update_end"], show_default=True,
+                 help="dynamic: share of training after which the masks stay fixed."),
+    click.option("--drop-fraction", type=float, default=DEFAULTS["drop_fraction"],
+                 show_default=True,
+                 help="dynamic: share of active weights dropped at step 0, cosine-decayed."),
+    click.option("--quick", is_flag=True,
+                 help="Tiny settings that finish in seconds; explicit options still win."),
+    click.option("--progress/--no-progress", default=True, show_default=True,
+                 help="Progress bars on stderr."),
+)
+
+
+def config_from(ctx, quick: bool, options: dict) -> RunConfig:
+    """Defaults, then --quick's settings, then what the user typed."""
+    given = {name: value for name, value in options.items()
+             if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
+    return RunConfig(**{**DEFAULTS, **(QUICK if quick else {}), **given})
+
+
+def echo_err(message: str) -> None:
+    click.echo(f"prunekit: {message}", err=True)
+
+
 @cli.command("run")
-@click.option("--scorer", default=DEFAULTS["scorer"], show_default=True,
-              help="Scorer plugin (see `prunekit plugins --kind scorer`).")
-@click.option("--arbiter", default=DEFAULTS["arbiter"], show_default=True,
-              help="Arbiter merging per-task masks of shared tensors.")
-@click.option("--thresholder", default=DEFAULTS["thresholder"], show_default=True,
-              help="Thresholder turning saliency into masks.")
-@click.option("--sparsity", type=float, default=DEFAULTS["sparsity"], show_default=True,
-              help="Fraction of prunable weights to remove, in (0, 1).")
-@click.option("--compensate/--no-compensate", default=DEFAULTS["compensate"], show_default=True,
-              help="Adjust the per-task keep ratio so the merged model hits --sparsity.")
+@click.option("--scorer", default=None,
+              help="Scorer plugin (see `prunekit plugins --kind scorer`) [default: the mode's: "
+                   "disparse-snip, disparse-gradflow, disparse-rigl or magnitude].")
+@METHOD_OPTIONS
 @click.option("--dense", is_flag=True, help="Train without pruning (a baseline for Delta_T).")
-@click.option("--tasks", callback=comma_list, default=",".join(DEFAULTS["tasks"]),
-              show_default=True, help="Comma-separated tasks: seg, depth, normal.")
-@click.option("--model", default=DEFAULTS["model"], show_default=True)
-@click.option("--width", type=float, default=DEFAULTS["width"], show_default=True,
-              help="Channel width multiplier of the model.")
-@click.option("--dataset", default=DEFAULTS["dataset"], show_default=True,
-              help="synthetic (embedded, generated on the fly) or nyuv2.")
-@click.option("--data-root", default=None, help="Dataset folder (nyuv2).")
-@click.option("--image-size", callback=image_size, default=None,
-              help="HEIGHTxWIDTH of the images [default: the dataset's, 64x80 for synthetic].")
-@click.option("--val-samples", type=int, default=DEFAULTS["val_samples"], show_default=True,
-              help="Validation samples to evaluate on (0: the whole split).")
-@click.option("--iterations", type=int, default=DEFAULTS["iterations"], show_default=True,
-              help="Training steps after pruning.")
-@click.option("--score-batches", type=int, default=DEFAULTS["score_batches"], show_default=True,
-              help="Batches whose saliency is summed.")
-@click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True)
-@click.option("--workers", type=int, default=DEFAULTS["workers"], show_default=True,
-              help="Data-loading processes (0: load in the main process).")
-@click.option("--lr", type=float, default=DEFAULTS["lr"], show_default=True,
-              help="Adam learning rate (cosine-decayed to zero).")
-@click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True)
-@click.option("--device", default=DEFAULTS["device"], show_default=True, help="cpu or cuda.")
+@DATA_AND_TRAINING_OPTIONS
 @click.option("--out", default=None,
               help="Output folder [default: runs/<time>-<scorer>-<arbiter>].")
 @click.option("--baseline", default=None,
               help="Folder of a dense run; adds Delta_T against it to the report.")
-@click.option("--quick", is_flag=True,
-              help="Tiny settings that finish in seconds; explicit options still win.")
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Progress bars on stderr.")
+@MODE_OPTIONS
 @click.pass_context
 def run_command(ctx, quick, progress, **options):
     """Prune a multi-task model, train it sparse and report per-task metrics."""
-    given = {name: value for name, value in options.items()
-             if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
-    settings = {**DEFAULTS, **(QUICK if quick else {}), **given}
-    config = RunConfig(**settings)
-    result = run(config, show_progress=progress)
+    result = run(config_from(ctx, quick, options), show_progress=progress,
+                 warn=lambda message: echo_err(f"warning: {message}"))
     click.echo(format_summary(result.report))
     click.echo(f"\nwrote {result.out_dir / 'report.json'} and {result.out_dir / 'checkpoint.pt'}")
+
+
+@cli.command("compare")
+@click.option("--methods", required=True,
+              help="Comma-separated SCORER[:ARBITER][@MODE], e.g. "
+                   "disparse-snip:or,snip,random,disparse-gradflow:or@pretrained.")
+@click.option("--seeds", type=int, default=1, show_default=True,
+              help="Seeds per method (from --seed on); the table shows mean ± spread.")
+@METHOD_OPTIONS
+@DATA_AND_TRAINING_OPTIONS
+@click.option("--out", default=None,
+              help="Output folder [default: runs/<time>-compare]; one sub-folder per run.")
+@MODE_OPTIONS
+@click.pass_context
+def compare_command(ctx, methods, seeds, quick, progress, **options):
+    """Run several methods and a dense baseline on the same budget; print one table."""
+    from .compare import compare, parse_methods
+
+    result = compare(config_from(ctx, quick, options), parse_methods(methods), seeds,
+                     show_progress=progress,
+                     warn=lambda message: echo_err(f"warning: {message}"),
+                     announce=lambda message: echo_err(f"compare: {message}"))
+    click.echo(result.table, nl=False)
+    click.echo(f"\nwrote {result.out_dir / 'compare.json'} and {result.out_dir / 'compare.md'}")
 
 
 @cli.command("plugins")

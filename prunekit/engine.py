@@ -20,11 +20,12 @@ from torch.utils.data import DataLoader, Subset
 from ._version import __version__
 from .api import check_arbiter, check_sparsity, compute_masks, resolve
 from .data import build_dataset
-from .errors import PrunekitError
+from .errors import PrunekitError, UnknownNameError
 from .files import save_torch, write_json
-from .interfaces import Masks
+from .interfaces import Masks, Scorer, Thresholder
 from .layout import ResolvedLayout
 from .masks import AppliedMasks, dense_masks, sparsity_summary
+from .modes import MODES, plugin_info
 from .pruning import PruneResult
 from .models import build_model
 from .registry import default_registry
@@ -37,11 +38,17 @@ DEFAULT_TASKS = ("seg", "depth", "normal")
 
 @dataclass
 class RunConfig:
-    """Everything a run depends on; ``report.json`` records it under ``config``."""
+    """Everything a run depends on; ``report.json`` records it, resolved, under ``config``.
 
-    scorer: str = "disparse-snip"
+    ``scorer``, ``thresholder`` and ``finetune_*`` left as None take the mode's defaults
+    (see ``resolved``); ``scope`` None takes the thresholder's default scope.
+    """
+
+    mode: str = "static"             # static | pretrained | dynamic | iterative
+    scorer: str | None = None
     arbiter: str = "or"
-    thresholder: str = "topk"
+    thresholder: str | None = None
+    scope: str | None = None
     sparsity: float = 0.9
     compensate: bool = True          # bisect the per-task keep ratio to hit the sparsity
     dense: bool = False              # train without pruning (a baseline for Delta_T)
@@ -62,6 +69,28 @@ class RunConfig:
     out: str | None = None
     baseline: str | None = None
     metrics: tuple[str, ...] = field(default=("iou",))  # task-overlap metrics for the report
+    init_checkpoint: str | None = None       # pretrained, iterative: start from these weights
+    finetune_iterations: int | None = None   # pretrained, iterative: None is iterations // 2
+    finetune_lr: float | None = None         # pretrained, iterative: None is lr / 10
+    prune_rounds: int = 3                    # iterative
+    rewind: bool = False                     # iterative: reset survivors to their initial values
+    update_interval: int = 25                # dynamic: steps between RigL updates
+    update_end: float = 0.75                 # dynamic: last update at this share of training
+    drop_fraction: float = 0.3               # dynamic: RigL's alpha
+
+    def resolved(self) -> "RunConfig":
+        """A copy with the mode's default scorer and thresholder and the fine-tuning budget."""
+        if self.mode not in MODES:
+            raise UnknownNameError("mode", self.mode, MODES)
+        defaults = MODES[self.mode]
+        return dataclasses.replace(
+            self,
+            scorer=self.scorer or defaults.scorer,
+            thresholder=self.thresholder or defaults.thresholder,
+            finetune_iterations=(self.iterations // 2 if self.finetune_iterations is None
+                                 else self.finetune_iterations),
+            finetune_lr=self.lr / 10 if self.finetune_lr is None else self.finetune_lr,
+        )
 
     def validate(self) -> None:
         if not self.dense:
@@ -71,16 +100,34 @@ class RunConfig:
         if len(set(self.tasks)) != len(self.tasks):
             raise PrunekitError(f"tasks repeat: {','.join(self.tasks)}")
         positive = {"width": self.width, "batch size": self.batch_size, "lr": self.lr,
-                    "score batches": self.score_batches}
+                    "score batches": self.score_batches, "prune rounds": self.prune_rounds,
+                    "update interval": self.update_interval, "finetune lr": self.finetune_lr}
         for what, value in positive.items():
-            if not value > 0:
+            if value is not None and not value > 0:
                 raise PrunekitError(f"{what} must be positive, got {value}")
-        if self.workers < 0:
-            raise PrunekitError(f"workers must be >= 0, got {self.workers}")
-        if self.iterations < 0:
-            raise PrunekitError(f"iterations must be >= 0, got {self.iterations}")
-        if self.val_samples < 0:
-            raise PrunekitError(f"val samples must be >= 0, got {self.val_samples}")
+        at_least_zero = {"workers": self.workers, "iterations": self.iterations,
+                         "val samples": self.val_samples,
+                         "finetune iterations": self.finetune_iterations}
+        for what, value in at_least_zero.items():
+            if value is not None and value < 0:
+                raise PrunekitError(f"{what} must be >= 0, got {value}")
+        if not 0 < self.update_end <= 1:
+            raise PrunekitError(f"update end must be in (0, 1], got {self.update_end}")
+        if not 0 < self.drop_fraction <= 1:
+            raise PrunekitError(f"drop fraction must be in (0, 1], got {self.drop_fraction}")
+        self.validate_mode()
+
+    def validate_mode(self) -> None:
+        if self.dense and self.mode != "static":
+            raise PrunekitError(f"--dense trains without pruning; it takes no --mode {self.mode}")
+        if self.init_checkpoint and self.mode not in ("pretrained", "iterative"):
+            raise PrunekitError("--init-checkpoint is for --mode pretrained or iterative, "
+                                f"not {self.mode}")
+        if self.rewind and self.mode != "iterative":
+            raise PrunekitError(f"--rewind is for --mode iterative, not {self.mode}")
+        if self.rewind and self.init_checkpoint:
+            raise PrunekitError("--rewind resets weights to their values before dense training, "
+                                "which a run starting from --init-checkpoint does not have")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,7 +135,7 @@ class RunConfig:
 
 # Settings that make a run take seconds: for checking an installation, and for tests.
 QUICK = dict(width=0.125, image_size=(32, 40), iterations=4, score_batches=1, batch_size=2,
-             val_samples=4)
+             val_samples=4, prune_rounds=2, update_interval=1)
 
 
 @dataclass
@@ -143,26 +190,21 @@ def default_out_dir(config: RunConfig, per_task: bool) -> Path:
 
 @contextlib.contextmanager
 def timed(timings: dict, phase: str):
+    """Add the seconds spent in the block to ``timings[phase]``."""
     start = time.perf_counter()
     try:
         yield
     finally:
-        timings[phase] = round(time.perf_counter() - start, 3)
+        timings[phase] = round(timings.get(phase, 0.0) + time.perf_counter() - start, 3)
 
 
 def plugin_record(config: RunConfig, per_task: bool) -> dict:
     """Name, distribution and version of every plugin the run uses."""
-    registry = default_registry()
     used = {} if config.dense else {"scorer": config.scorer, "thresholder": config.thresholder}
     if used and per_task:
         used["arbiter"] = config.arbiter
     used.update({f"metric:{m}": m for m in config.metrics})
-    record = {}
-    for role, name in used.items():
-        info = registry.info(role.split(":")[0], name)
-        record[role] = {"name": info.name, "distribution": info.distribution,
-                        "version": info.version}
-    return record
+    return {role: plugin_info(role.split(":")[0], name) for role, name in used.items()}
 
 
 def task_overlap(result: PruneResult, layout: ResolvedLayout,
@@ -179,30 +221,43 @@ def task_overlap(result: PruneResult, layout: ResolvedLayout,
     return overlap
 
 
+def print_warning(message: str) -> None:
+    print(f"prunekit: warning: {message}", file=sys.stderr)
+
+
 class Run:
     """The state of one run.
 
     ``prepare`` checks everything a user can get wrong and builds data and model, before any
-    output exists; ``execute`` does the work; ``finish`` writes report.json.
+    output exists; ``execute`` runs the mode (see ``prunekit.modes``); ``finish`` writes
+    report.json. The modes build on ``prune``, ``train_phase`` and ``pretrain``.
     """
 
-    def __init__(self, config: RunConfig, progress: Progress):
-        self.config, self.progress = config, progress
+    def __init__(self, config: RunConfig, progress: Progress, warn=print_warning):
+        self.config = config.resolved()
+        self.progress, self.warn = progress, warn
         self.timings: dict[str, float] = {}
         self.started = time.perf_counter()
-        self.report: dict = {"prunekit_version": __version__, "config": config.as_dict(),
-                             "complete": False}
+        self.report: dict = {"prunekit_version": __version__, "config": self.config.as_dict(),
+                             "complete": False, "warnings": [], "training": []}
 
-    def prepare(self) -> None:
+    def check(self) -> None:
+        """Validate the configuration and the plugins it names, without building anything."""
         config = self.config
         config.validate()
         registry = default_registry()
         self.scorer = None if config.dense else registry.get("scorer", config.scorer)
         self.per_task = bool(self.scorer and self.scorer.per_task)
+        self.arbiter = registry.get("arbiter", config.arbiter)
         if self.scorer:
-            registry.get("thresholder", config.thresholder)
-            check_arbiter(self.scorer, registry.get("arbiter", config.arbiter), len(config.tasks))
+            check_scope(registry.get("thresholder", config.thresholder), config.scope)
+            check_arbiter(self.scorer, self.arbiter, len(config.tasks))
+            MODES[config.mode].check(self)
         self.report["plugins"] = plugin_record(config, self.per_task)
+
+    def prepare(self) -> None:
+        self.check()
+        config = self.config
         self.device = resolve_device(config.device)
         self.baseline = load_baseline(config.baseline) if config.baseline else None
         self.out_dir = Path(config.out) if config.out else default_out_dir(config, self.per_task)
@@ -232,28 +287,50 @@ class Run:
                           generator=generator, num_workers=self.config.workers,
                           persistent_workers=self.config.workers > 0)
 
-    def masks(self) -> Masks:
-        config = self.config
-        if config.dense:
-            return dense_masks(self.layout)
+    def prune(self, sparsity: float, scorer: Scorer | None = None,
+              within: Masks | None = None) -> PruneResult:
+        """Score the model as it is now and threshold to ``sparsity`` (inside ``within``)."""
+        config, scorer = self.config, scorer or self.scorer
         batches = (Batches(self.train_loader, config.score_batches, self.device)
-                   if self.scorer.needs_data else [])
-        result = compute_masks(self.model, self.layout, self.tasks, batches, self.scorer,
-                               config.arbiter, config.thresholder, config.sparsity,
-                               config.compensate, self.device, progress=self.progress)
-        self.timings.update({phase: round(s, 3) for phase, s in result.timings.items()})
+                   if scorer.needs_data else [])
+        result = compute_masks(self.model, self.layout, self.tasks, batches, scorer,
+                               self.arbiter, config.thresholder, sparsity, config.compensate,
+                               self.device, progress=self.progress, seed=config.seed,
+                               scope=config.scope, within=within)
+        for phase, seconds in result.timings.items():
+            self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
         self.report["keep_ratio_per_task"] = result.keep_ratio
-        if self.per_task and len(self.tasks) > 1:
+        if scorer.per_task and len(self.tasks) > 1:
             self.report["task_overlap"] = task_overlap(result, self.layout, config.metrics)
-        return result.masks  # the saliency goes with the result: scores live only this long
+        return result  # the saliency goes with the result: scores live only this long
+
+    def train_phase(self, masks: AppliedMasks | None, iterations: int, lr: float, phase: str,
+                    after_step=None) -> None:
+        """Train for ``iterations`` steps; the seconds go to ``timings[phase]``."""
+        with timed(self.timings, phase):
+            history = train(self.model, self.tasks, self.train_loader, iterations, lr, masks,
+                            self.device, self.progress, phase, after_step)
+        self.report["training"].append({
+            "phase": phase, "iterations": iterations, "lr": lr,
+            "first_loss": history[0] if history else None,
+            "last_loss": history[-1] if history else None})
+
+    def pretrain(self) -> None:
+        """Dense weights to prune: loaded from ``init_checkpoint`` or trained here."""
+        config = self.config
+        if config.init_checkpoint:
+            with timed(self.timings, "loading"):
+                load_weights(self.model, config.init_checkpoint)
+        else:
+            self.train_phase(None, config.iterations, config.lr, "pretraining")
 
     def execute(self) -> dict:
         config = self.config
-        masks = self.masks()
-        applied = AppliedMasks(self.model, masks)
-        with timed(self.timings, "training"):
-            history = train(self.model, self.tasks, self.train_loader, config.iterations,
-                            config.lr, applied, self.device, self.progress)
+        if config.dense:
+            masks = dense_masks(self.layout)
+            self.train_phase(None, config.iterations, config.lr, "training")
+        else:
+            masks = MODES[config.mode].execute(self)
         with timed(self.timings, "evaluation"):
             metrics = evaluate(self.model, self.tasks, self.val_loader, self.device,
                                self.progress)
@@ -261,9 +338,6 @@ class Run:
         self.report.update({
             "sparsity": {"requested": 0.0 if config.dense else config.sparsity, **sparsity},
             "metrics": metrics,
-            "training": {"iterations": config.iterations,
-                         "first_loss": history[0] if history else None,
-                         "last_loss": history[-1] if history else None},
             "parameters": {"total": sum(p.numel() for p in self.model.parameters()),
                            "prunable": self.layout.numel(self.layout.params)},
         })
@@ -291,9 +365,18 @@ class Run:
         write_json(self.out_dir / "report.json", self.report)
 
 
-def run(config: RunConfig, show_progress: bool = False) -> RunResult:
-    """Run the whole pipeline; raises PrunekitError for problems the user can fix."""
-    current = Run(config, tqdm_progress if show_progress else no_progress)
+def check_scope(thresholder: Thresholder, scope: str | None) -> None:
+    if scope is not None and scope not in thresholder.scopes:
+        raise PrunekitError(f"thresholder {thresholder.name!r} supports scope "
+                            f"{' or '.join(thresholder.scopes)}, not {scope!r}")
+
+
+def run(config: RunConfig, show_progress: bool = False, warn=print_warning) -> RunResult:
+    """Run the whole pipeline; raises PrunekitError for problems the user can fix.
+
+    ``warn`` receives one line for each warning (by default printed on stderr).
+    """
+    current = Run(config, tqdm_progress if show_progress else no_progress, warn)
     current.prepare()
     current.out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -305,9 +388,36 @@ def run(config: RunConfig, show_progress: bool = False) -> RunResult:
     return RunResult(current.report, current.out_dir)
 
 
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise PrunekitError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors alike: the file is not a checkpoint
+        raise PrunekitError(f"{str(path)!r} is not a prunekit checkpoint ({exc})") from exc
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise PrunekitError(f"{str(path)!r} is not a prunekit checkpoint (no 'model' entry)")
+    return checkpoint
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a checkpoint's weights into ``model``; a mismatch is one clear error."""
+    checkpoint = read_checkpoint(path, next(model.parameters()).device)
+    try:
+        model.load_state_dict(checkpoint["model"], strict=True)
+    except RuntimeError as exc:
+        raise PrunekitError(f"checkpoint {str(path)!r} does not fit this model (same --model, "
+                            f"--width and --tasks?): {one_line(exc)}") from exc
+
+
+def one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu"):
     """Rebuild the pruned model from ``checkpoint.pt``; returns ``(model, masks)``."""
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    checkpoint = read_checkpoint(path, device)
     config = checkpoint["config"]
     model = build_model(config["model"], config["task_channels"], config["width"])
     model.load_state_dict(checkpoint["model"], strict=True)

@@ -36,6 +36,7 @@ class ScoringContext:
     ``batches`` yields dicts holding ``image`` and one target per task, already on ``device``.
     ``check_loss(task, loss, where)`` raises a clear error for a NaN or infinite loss.
     ``progress`` wraps an iterable in a progress bar (or returns it unchanged).
+    ``seed`` is the run's seed, for scorers that draw random numbers.
     """
 
     model: nn.Module
@@ -45,6 +46,7 @@ class ScoringContext:
     device: torch.device
     check_loss: Callable[[str, torch.Tensor, str], None]
     progress: Callable[[Iterable, str], Iterable] = lambda items, label: items
+    seed: int = 0
 
 
 class Scorer(Plugin):
@@ -53,6 +55,9 @@ class Scorer(Plugin):
     ``per_task`` scorers return one entry per task covering the shared tensors and that task's
     head; joint scorers return one entry, ``JOINT``, covering every prunable tensor.
     ``needs_data = False`` marks data-free scorers: a run passes them no batches.
+    ``needs_trained = True`` marks criteria meant for trained weights (a run warns when it scores
+    an untrained model with one). ``grows = True`` marks gradient scores that rank pruned
+    weights too, so dynamic sparse training can grow connections by them.
     ``granularity`` is ``"element"``: one score per weight.
     """
 
@@ -60,6 +65,8 @@ class Scorer(Plugin):
     per_task: ClassVar[bool] = True
     granularity: ClassVar[str] = "element"
     needs_data: ClassVar[bool] = True
+    needs_trained: ClassVar[bool] = False
+    grows: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, context: ScoringContext) -> Saliency:
@@ -67,13 +74,22 @@ class Scorer(Plugin):
 
 
 class Thresholder(Plugin):
-    """Turns one saliency map into a mask keeping a given fraction of its elements."""
+    """Turns one saliency map into a mask keeping a given fraction of its elements.
+
+    ``scopes`` lists the scopes it supports, its default first: ``global`` ranks all the tensors
+    together, ``layer`` decides each tensor's share on its own.
+    """
 
     kind = "thresholder"
+    scopes: ClassVar[tuple[str, ...]] = ("global",)
 
     @abstractmethod
-    def masks(self, scores: Mapping[str, torch.Tensor], keep_ratio: float) -> Masks:
-        """Keep ``round(keep_ratio * N)`` of the N elements in ``scores``; return bool masks."""
+    def masks(self, scores: Mapping[str, torch.Tensor], keep_ratio: float,
+              scope: str | None = None) -> Masks:
+        """Keep ``round(keep_ratio * N)`` of the N elements in ``scores``; return bool masks.
+
+        ``scope`` is one of ``scopes``; None means the default, ``scopes[0]``.
+        """
 
 
 class Arbiter(Plugin):

@@ -18,8 +18,13 @@ class AppliedMasks:
         missing = sorted(set(masks) - set(params))
         if missing:
             raise KeyError(f"masks name parameters the model lacks: {', '.join(missing)}")
+        self.names = list(masks)
         self.pairs = [(params[name], mask.to(params[name].device)) for name, mask in masks.items()]
         self.zero_pruned()
+
+    def named_masks(self) -> Masks:
+        """The live masks by parameter name; changing them in place changes what is pruned."""
+        return {name: mask for name, (_, mask) in zip(self.names, self.pairs)}
 
     @torch.no_grad()
     def zero_pruned(self) -> None:

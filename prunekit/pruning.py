@@ -40,6 +40,13 @@ def check_finite(saliency: Saliency) -> None:
                                     "the scoring loss or data is broken")
 
 
+def restrict(masks: Masks, within: Masks | None) -> Masks:
+    """Masks that keep nothing outside ``within`` (the weights still alive), when given."""
+    if within is None:
+        return masks
+    return {name: mask & within[name] for name, mask in masks.items()}
+
+
 def merge_task_masks(task_masks: dict[str, Masks], layout: ResolvedLayout,
                      arbiter: Arbiter) -> Masks:
     """Shared tensors: the arbiter's merge of every task's mask. Heads: their own task's mask."""
@@ -51,27 +58,42 @@ def merge_task_masks(task_masks: dict[str, Masks], layout: ResolvedLayout,
 
 
 def per_task_masks(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
-                   keep_ratio: float) -> dict[str, Masks]:
+                   keep_ratio: float, scope: str | None) -> dict[str, Masks]:
     return {task: thresholder.masks({n: saliency[task][n] for n in layout.task_params(task)},
-                                    keep_ratio)
+                                    keep_ratio, scope)
             for task in layout.heads}
 
 
+def ranked_last_outside(saliency: Saliency, within: Masks | None) -> Saliency:
+    """Scores in which weights outside ``within`` rank below every weight inside it."""
+    if within is None:
+        return saliency
+    return {key: {n: s.masked_fill(~within[n], -1.0) for n, s in tensors.items()}
+            for key, tensors in saliency.items()}
+
+
 def prune(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
-          arbiter: Arbiter | None, sparsity: float, compensate: bool = True) -> PruneResult:
-    """Masks at overall ``sparsity`` from joint or per-task saliency."""
+          arbiter: Arbiter | None, sparsity: float, compensate: bool = True,
+          scope: str | None = None, within: Masks | None = None) -> PruneResult:
+    """Masks at overall ``sparsity`` from joint or per-task saliency.
+
+    ``scope`` goes to the thresholder. ``within`` (optional masks) are the weights still alive:
+    nothing outside them is kept, as when iterative pruning tightens earlier masks.
+    """
     check_finite(saliency)
     target = 1.0 - sparsity
+    ranked = ranked_last_outside(saliency, within)
     if JOINT in saliency:
-        masks = thresholder.masks({n: saliency[JOINT][n] for n in layout.params}, target)
+        masks = restrict(thresholder.masks({n: ranked[JOINT][n] for n in layout.params}, target,
+                                           scope), within)
         return PruneResult(masks, {JOINT: masks}, target, sparsity, 1.0 - density(masks),
                            saliency=saliency)
     if arbiter is None:
         raise PrunekitError("per-task saliency needs an arbiter to merge the shared tensors")
 
     def attempt(keep_ratio: float):
-        task_masks = per_task_masks(saliency, layout, thresholder, keep_ratio)
-        masks = merge_task_masks(task_masks, layout, arbiter)
+        task_masks = per_task_masks(ranked, layout, thresholder, keep_ratio, scope)
+        masks = restrict(merge_task_masks(task_masks, layout, arbiter), within)
         return task_masks, masks, density(masks)
 
     best = (target, *attempt(target))

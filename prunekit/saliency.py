@@ -7,12 +7,13 @@ forward and K backwards rather than K forwards.
 from __future__ import annotations
 
 import contextlib
+from abc import abstractmethod
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from .interfaces import JOINT, Saliency, ScoringContext
+from .interfaces import JOINT, Saliency, Scorer, ScoringContext
 
 # criterion(weight, gradient) -> per-element score
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -74,3 +75,18 @@ def normalise(saliency: Saliency) -> Saliency:
             for t in tensors.values():
                 t.div_(total)
     return saliency
+
+
+class GradientScorer(Scorer):
+    """A scorer that sums ``criterion(w, dL/dw)`` over the scoring batches, then normalises.
+
+    Subclasses give the criterion; ``per_task`` chooses per-task (DiSparse) or joint scoring.
+    """
+
+    @staticmethod
+    @abstractmethod
+    def criterion(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Per-element score from a weight and its gradient on one batch."""
+
+    def score(self, context: ScoringContext) -> Saliency:
+        return normalise(accumulate_scores(context, self.criterion, self.per_task))

@@ -13,6 +13,8 @@ from .masks import AppliedMasks
 from .tasks import Task
 
 Progress = Callable[[Iterable, str], Iterable]
+# after_step(step, batch, optimiser): called after every optimiser step (dynamic sparse training)
+AfterStep = Callable[[int, dict, torch.optim.Optimizer], None]
 
 
 def no_progress(items: Iterable, label: str) -> Iterable:
@@ -38,23 +40,25 @@ def endless(loader: DataLoader, device: torch.device) -> Iterator[dict]:
 
 def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, iterations: int,
           lr: float, masks: AppliedMasks | None, device: torch.device,
-          progress: Progress = no_progress) -> list[dict[str, float]]:
+          progress: Progress = no_progress, label: str = "training",
+          after_step: AfterStep | None = None) -> list[dict[str, float]]:
     """Adam on the summed task losses with cosine learning-rate decay.
 
     With ``masks``, pruned weights get zero gradients and are re-zeroed after each step, so they
-    stay exactly zero. Returns the per-task losses of every step.
+    stay exactly zero. ``label`` names the phase in progress bars and errors. Returns the per-task
+    losses of every step.
     """
     model.train()
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(iterations, 1))
     history = []
     batches = endless(loader, device)
-    for step in progress(range(iterations), "training"):
+    for step in progress(range(iterations), label):
         batch = next(batches)
         outputs = model(batch["image"])
         losses = {name: task.loss(outputs[name], batch[name]) for name, task in tasks.items()}
         for name, loss in losses.items():
-            check_loss(name, loss, f"training step {step}")
+            check_loss(name, loss, f"{label} step {step}")
         optimiser.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         if masks is not None:
@@ -63,6 +67,8 @@ def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, itera
         schedule.step()
         if masks is not None:
             masks.zero_pruned()
+        if after_step is not None:
+            after_step(step, batch, optimiser)
         history.append({name: float(loss.detach()) for name, loss in losses.items()})
     return history
 

@@ -68,7 +68,7 @@ def test_layer_scope_keeps_the_same_fraction_of_every_tensor(layout):
     from prunekit_plugins.topk import TopKThresholder
 
     scores = random_saliency(layout)[layout.tasks[0]]
-    masks = TopKThresholder(scope="layer").masks(scores, 0.25)
+    masks = TopKThresholder().masks(scores, 0.25, scope="layer")
     for name, mask in masks.items():
         assert int(mask.sum()) == round(0.25 * mask.numel())
         assert torch.equal(mask, topk_mask_reference(scores[name], int(mask.sum())))

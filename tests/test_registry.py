@@ -11,8 +11,9 @@ from prunekit.errors import UnknownNameError
 from prunekit.registry import Registry, Source, default_registry
 
 BUILTINS = {
-    "scorer": {"snip", "disparse-snip"},
-    "thresholder": {"topk"},
+    "scorer": {"snip", "disparse-snip", "gradflow", "disparse-gradflow", "rigl", "disparse-rigl",
+               "magnitude", "random"},
+    "thresholder": {"topk", "erk"},
     "arbiter": {"or", "and", "majority"},
     "metric": {"iou"},
 }
@@ -54,7 +55,8 @@ def test_unknown_name_lists_known_names_and_closest_match():
         default_registry().get("scorer", "disparse-snp")
     message = str(error.value)
     assert "unknown scorer 'disparse-snp'" in message
-    assert "known: disparse-snip, snip" in message
+    assert ("known: disparse-gradflow, disparse-rigl, disparse-snip, gradflow, magnitude, random, "
+            "rigl, snip;") in message
     assert "did you mean 'disparse-snip'?" in message
 
 

@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import torch
 
-from prunekit import Scorer, ScoringContext, hookimpl
-from prunekit.saliency import accumulate_scores, normalise
+from prunekit import GradientScorer, hookimpl
 
 
-def connection_sensitivity(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    return (weight * grad).abs()
-
-
-class SnipScorer(Scorer):
+class SnipScorer(GradientScorer):
     name = "snip"
     description = "SNIP: |dL/dm| of the summed multi-task loss, one joint saliency"
     per_task = False
 
-    def score(self, context: ScoringContext):
-        return normalise(accumulate_scores(context, connection_sensitivity, self.per_task))
+    @staticmethod
+    def criterion(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return (weight * grad).abs()  # |dL/dm| for a mask m = 1 multiplying the weight
 
 
 class DisparseSnipScorer(SnipScorer):

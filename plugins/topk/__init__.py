@@ -13,29 +13,28 @@ import torch
 from prunekit import Thresholder, hookimpl
 from prunekit.ops import topk_mask
 
-SCOPES = ("global", "layer")
-
 
 def keep_count(keep_ratio: float, total: int) -> int:
     return min(total, max(0, round(keep_ratio * total)))
 
 
+def global_topk(scores: Mapping[str, torch.Tensor], keep_ratio: float):
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    kept = topk_mask(flat, keep_count(keep_ratio, flat.numel()))
+    pieces = kept.split([s.numel() for s in scores.values()])
+    return {n: piece.view(s.shape) for (n, s), piece in zip(scores.items(), pieces)}
+
+
 class TopKThresholder(Thresholder):
     name = "topk"
     description = "exact top-k of the saliency (global or layer-wise), ties to the lower index"
+    scopes = ("global", "layer")
 
-    def __init__(self, scope: str = "global"):
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-        self.scope = scope
-
-    def masks(self, scores: Mapping[str, torch.Tensor], keep_ratio: float):
-        if self.scope == "layer":
+    def masks(self, scores: Mapping[str, torch.Tensor], keep_ratio: float,
+              scope: str | None = None):
+        if (scope or self.scopes[0]) == "layer":
             return {n: topk_mask(s, keep_count(keep_ratio, s.numel())) for n, s in scores.items()}
-        flat = torch.cat([s.reshape(-1) for s in scores.values()])
-        kept = topk_mask(flat, keep_count(keep_ratio, flat.numel()))
-        pieces = kept.split([s.numel() for s in scores.values()])
-        return {n: piece.view(s.shape) for (n, s), piece in zip(scores.items(), pieces)}
+        return global_topk(scores, keep_ratio)
 
 
 @hookimpl

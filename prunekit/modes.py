@@ -1,0 +1,124 @@
+"""The four training paradigms of ``prunekit run --mode``.
+
+- ``static``: score at initialisation, fix the masks, train the sparse model from scratch.
+- ``pretrained``: train dense (or load ``--init-checkpoint``), score, prune, fine-tune.
+- ``dynamic``: RigL: random masks with ERK densities, drop and grow during training.
+- ``iterative``: train dense, then prune a share and fine-tune, round after round, until the
+  sparsity is reached; ``--rewind`` resets the survivors to their initial values each round
+  (lottery tickets).
+
+Each mode returns the final masks of the model it trained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from .errors import PrunekitError
+from .interfaces import Masks
+from .masks import AppliedMasks
+from .registry import default_registry
+from .rigl import RigLSchedule, RigLUpdater
+
+if TYPE_CHECKING:
+    from .engine import Run
+
+
+def plugin_info(kind: str, name: str) -> dict:
+    info = default_registry().info(kind, name)
+    return {"name": info.name, "distribution": info.distribution, "version": info.version}
+
+
+def static(run: "Run") -> Masks:
+    config = run.config
+    masks = run.prune(config.sparsity).masks
+    run.train_phase(AppliedMasks(run.model, masks), config.iterations, config.lr, "training")
+    return masks
+
+
+def pretrained(run: "Run") -> Masks:
+    config = run.config
+    run.pretrain()
+    masks = run.prune(config.sparsity).masks
+    run.train_phase(AppliedMasks(run.model, masks), config.finetune_iterations,
+                    config.finetune_lr, "finetuning")
+    return masks
+
+
+def round_sparsities(sparsity: float, rounds: int) -> list[float]:
+    """Each round keeps the same share of what is left: 1 - (1 - S) ** (r / R); the last is S."""
+    return [1 - (1 - sparsity) ** (r / rounds) for r in range(1, rounds)] + [sparsity]
+
+
+def iterative(run: "Run") -> Masks:
+    config = run.config
+    initial = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    run.pretrain()
+    masks, rounds = None, []
+    for number, sparsity in enumerate(round_sparsities(config.sparsity, config.prune_rounds), 1):
+        result = run.prune(sparsity, within=masks)
+        masks = result.masks
+        rounds.append({"round": number, "requested": sparsity, "achieved": result.achieved})
+        if config.rewind:
+            run.model.load_state_dict(initial)
+        lr = config.lr if config.rewind else config.finetune_lr
+        run.train_phase(AppliedMasks(run.model, masks), config.finetune_iterations, lr,
+                        "finetuning")
+    run.report["rounds"] = rounds
+    return masks
+
+
+def dynamic(run: "Run") -> Masks:
+    config = run.config
+    initial = run.prune(config.sparsity, scorer=default_registry().get("scorer", "random"))
+    run.report["plugins"]["initial_scorer"] = plugin_info("scorer", "random")
+    applied = AppliedMasks(run.model, initial.masks)
+    schedule = RigLSchedule(config.update_interval,
+                            max(1, round(config.update_end * config.iterations)),
+                            config.drop_fraction)
+    updater = RigLUpdater(run.model, run.layout, run.tasks, applied, run.scorer, run.arbiter,
+                          schedule, config.seed)
+    run.train_phase(applied, config.iterations, config.lr, "training", after_step=updater)
+    training = run.timings.get("training", 0.0)
+    run.report["rigl"] = {
+        "updates": updater.updates, "regrown": updater.regrown,
+        "update_seconds": round(updater.seconds, 3),
+        "update_share_of_training": updater.seconds / training if training else None,
+        "history": updater.history,
+    }
+    return {name: mask.cpu() for name, mask in applied.named_masks().items()}
+
+
+def check_static(run: "Run") -> None:
+    if run.scorer.needs_trained:
+        run.warn(f"scorer {run.scorer.name!r} is meant for trained weights, and static mode "
+                 "scores the untrained model; use --mode pretrained to train first")
+
+
+def check_dynamic(run: "Run") -> None:
+    if not run.scorer.grows:
+        registry = default_registry()
+        growers = ", ".join(name for name in registry.names("scorer")
+                            if registry.get("scorer", name).grows)
+        raise PrunekitError(f"--mode dynamic grows connections by a gradient score; scorer "
+                            f"{run.scorer.name!r} has none (use one of: {growers})")
+
+
+def no_check(run: "Run") -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Mode:
+    scorer: str                              # default scorer
+    thresholder: str                         # default thresholder
+    execute: Callable[["Run"], Masks]
+    check: Callable[["Run"], None] = no_check
+
+
+MODES: dict[str, Mode] = {
+    "static": Mode("disparse-snip", "topk", static, check_static),
+    "pretrained": Mode("disparse-gradflow", "topk", pretrained),
+    "dynamic": Mode("disparse-rigl", "erk", dynamic, check_dynamic),
+    "iterative": Mode("magnitude", "topk", iterative),
+}
