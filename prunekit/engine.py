@@ -235,11 +235,16 @@ class Run:
 
     def __init__(self, config: RunConfig, progress: Progress, warn=print_warning):
         self.config = config.resolved()
-        self.progress, self.warn = progress, warn
+        self.progress, self.print_warning = progress, warn
         self.timings: dict[str, float] = {}
         self.started = time.perf_counter()
         self.report: dict = {"prunekit_version": __version__, "config": self.config.as_dict(),
                              "complete": False, "warnings": [], "training": []}
+
+    def warn(self, message: str) -> None:
+        """Tell the user now and keep the warning in the report."""
+        self.report["warnings"].append(message)
+        self.print_warning(message)
 
     def check(self) -> None:
         """Validate the configuration and the plugins it names, without building anything."""
@@ -276,6 +281,8 @@ class Run:
         self.tasks = build_tasks(config.tasks, train_set)
         channels = {name: task.channels for name, task in self.tasks.items()}
         self.model = build_model(config.model, channels, config.width).to(self.device)
+        if config.init_checkpoint:
+            load_weights(self.model, config.init_checkpoint)
         self.layout = self.model.layout().for_tasks(config.tasks).resolve(self.model)
         self.train_loader = self.loader(train_set, shuffle=True)
         self.val_loader = self.loader(val_set, shuffle=False)
@@ -302,7 +309,8 @@ class Run:
         self.report["keep_ratio_per_task"] = result.keep_ratio
         if scorer.per_task and len(self.tasks) > 1:
             self.report["task_overlap"] = task_overlap(result, self.layout, config.metrics)
-        return result  # the saliency goes with the result: scores live only this long
+        result.saliency = None  # one float per weight and task: free it once the masks exist
+        return result
 
     def train_phase(self, masks: AppliedMasks | None, iterations: int, lr: float, phase: str,
                     after_step=None) -> None:
@@ -316,13 +324,9 @@ class Run:
             "last_loss": history[-1] if history else None})
 
     def pretrain(self) -> None:
-        """Dense weights to prune: loaded from ``init_checkpoint`` or trained here."""
-        config = self.config
-        if config.init_checkpoint:
-            with timed(self.timings, "loading"):
-                load_weights(self.model, config.init_checkpoint)
-        else:
-            self.train_phase(None, config.iterations, config.lr, "pretraining")
+        """Dense weights to prune: trained here, unless ``build`` loaded ``init_checkpoint``."""
+        if not self.config.init_checkpoint:
+            self.train_phase(None, self.config.iterations, self.config.lr, "pretraining")
 
     def execute(self) -> dict:
         config = self.config

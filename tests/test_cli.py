@@ -128,6 +128,23 @@ BAD_INPUTS = {
     "unknown option": (["--sparsty", "0.5"], "No such option"),
     "negative iterations": (["--iterations", "-1"], "iterations must be >= 0"),
     "missing baseline": (["--baseline", "/nonexistent/run"], "has no report.json"),
+    "unknown mode": (["--mode", "statc"], "did you mean 'static'"),
+    "dynamic without a grow score": (["--mode", "dynamic", "--scorer", "snip"],
+                                     "use one of: disparse-rigl, rigl"),
+    "rewind outside iterative": (["--rewind"], "--rewind is for --mode iterative"),
+    "init checkpoint in static mode": (["--init-checkpoint", "x.pt"],
+                                       "--init-checkpoint is for --mode pretrained or iterative"),
+    "missing init checkpoint": (["--mode", "pretrained", "--init-checkpoint", "/nonexistent.pt"],
+                                "does not exist"),
+    "scope erk cannot take": (["--thresholder", "erk", "--scope", "global"],
+                              "supports scope layer, not 'global'"),
+    "unknown scope": (["--scope", "row"], "supports scope global or layer, not 'row'"),
+    "dense with a mode": (["--dense", "--mode", "pretrained"], "takes no --mode pretrained"),
+    "update end above one": (["--mode", "dynamic", "--update-end", "1.5"], "update end"),
+    "zero prune rounds": (["--mode", "iterative", "--prune-rounds", "0"],
+                          "prune rounds must be positive"),
+    "negative finetune iterations": (["--mode", "pretrained", "--finetune-iterations", "-2"],
+                                     "finetune iterations must be >= 0"),
 }
 
 
@@ -196,3 +213,75 @@ def test_run_on_nyuv2_npy_files(capsys, tmp_path):
                           str(tmp_path / "nyu"))
     assert report["complete"] and report["config"]["dataset"] == "nyuv2"
     assert set(report["metrics"]) == set(TASKS)
+
+
+def test_init_checkpoint_that_does_not_fit_the_model(capsys, tmp_path, runs):
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--mode", "pretrained",
+                          "--init-checkpoint", str(runs["dense"] / "checkpoint.pt"),
+                          "--width", "0.25", "--out", str(tmp_path / "r"))
+    assert code == 2 and "does not fit this model" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_pretrained_run_from_a_dense_checkpoint(capsys, tmp_path, runs):
+    report, _ = quick_run(capsys, tmp_path / "r", "--mode", "pretrained", "--init-checkpoint",
+                          str(runs["dense"] / "checkpoint.pt"))
+    assert [phase["phase"] for phase in report["training"]] == ["finetuning"]
+    assert report["config"]["scorer"] == "disparse-gradflow"
+    assert abs(report["sparsity"]["achieved"] - 0.9) <= 0.005
+
+
+def test_gradflow_on_an_untrained_model_warns_once(capsys, tmp_path):
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--scorer", "gradflow",
+                          "--out", str(tmp_path / "r"))
+    assert code == 0
+    warnings = [line for line in err.splitlines() if line.startswith("prunekit: warning:")]
+    assert len(warnings) == 1 and "--mode pretrained" in warnings[0]
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["warnings"] == [warnings[0].removeprefix("prunekit: warning: ")]
+
+
+def test_compare_runs_every_method_against_a_dense_baseline_per_seed(capsys, tmp_path):
+    out_dir = tmp_path / "cmp"
+    code, out, err = invoke(capsys, "compare", "--quick", "--no-progress", "--out", str(out_dir),
+                            "--methods", "disparse-snip:or,random", "--seeds", "2")
+    assert code == 0, err
+    summary = json.loads((out_dir / "compare.json").read_text())
+    assert list(summary["methods"]) == ["dense", "disparse-snip:or", "random"]
+    assert summary["seeds"] == 2 and "[6/6] random, seed 1" in err
+    for label in ("disparse-snip:or", "random"):
+        row = summary["methods"][label]
+        assert abs(row["sparsity"]["achieved"]["mean"] - 0.9) <= 0.005
+        assert row["delta_t"]["overall"]["std"] is not None
+        assert set(row["heads"]) == set(TASKS)
+    random_runs = [json.loads((Path(p) / "report.json").read_text())
+                   for p in summary["runs"]["random"]]
+    assert [r["config"]["seed"] for r in random_runs] == [0, 1]
+    assert all(r["config"]["baseline"].endswith(f"dense/seed{r['config']['seed']}")
+               for r in random_runs)
+    overall = [r["delta_t"]["overall"] for r in random_runs]
+    assert summary["methods"]["random"]["delta_t"]["overall"]["mean"] == pytest.approx(
+        sum(overall) / 2)
+    table = (out_dir / "compare.md").read_text()
+    assert table in out
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 4 and rows[2].startswith("| disparse-snip:or |") and " ± " in rows[2]
+
+
+COMPARE_BAD_INPUTS = {
+    "bad method syntax": ("snip::or", "is not SCORER[:ARBITER][@MODE]"),
+    "unknown scorer": ("snip,disparse-snp:or", "did you mean 'disparse-snip'"),
+    "unknown mode": ("snip@statc", "did you mean 'static'"),
+    "repeated method": ("snip,snip", "methods repeat: snip"),
+    "majority with two tasks": ("disparse-snip:majority", "needs at least 3 tasks"),
+}
+
+
+@pytest.mark.parametrize("methods,message", COMPARE_BAD_INPUTS.values(),
+                         ids=COMPARE_BAD_INPUTS.keys())
+def test_compare_checks_every_method_before_running_any(capsys, tmp_path, methods, message):
+    out_dir = tmp_path / "cmp"
+    code, _, err = invoke(capsys, "compare", "--quick", "--no-progress", "--out", str(out_dir),
+                          "--methods", methods, "--tasks", "seg,depth")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err
+    assert not out_dir.exists()
