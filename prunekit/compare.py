@@ -21,6 +21,7 @@ from .files import atomic_write, write_json
 from .training import no_progress
 
 DENSE = "dense"
+WARM_STARTED = ("pretrained", "iterative")  # the modes that prune trained weights
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,12 @@ class Method:
         return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.label)
 
     def config(self, base: RunConfig) -> RunConfig:
-        return dataclasses.replace(base, scorer=self.scorer, arbiter=self.arbiter or base.arbiter,
-                                   mode=self.mode or base.mode, dense=False)
+        """The shared settings with this method; mode-only options go to the modes they serve."""
+        mode = self.mode or base.mode
+        return dataclasses.replace(
+            base, scorer=self.scorer, arbiter=self.arbiter or base.arbiter, mode=mode,
+            dense=False, rewind=base.rewind and mode == "iterative",
+            init_checkpoint=base.init_checkpoint if mode in WARM_STARTED else None)
 
 
 METHOD_PATTERN = re.compile(r"^(?P<scorer>[^:@\s]+)(?::(?P<arbiter>[^:@\s]+))?(?:@(?P<mode>\S+))?$")
@@ -80,7 +85,8 @@ def run_configs(base: RunConfig, methods: list[Method], seeds: list[int],
     for seed in seeds:
         dense_dir = out_dir / DENSE / f"seed{seed}"
         dense = dataclasses.replace(base, dense=True, mode="static", seed=seed,
-                                    out=str(dense_dir), baseline=None)
+                                    out=str(dense_dir), baseline=None, rewind=False,
+                                    init_checkpoint=None)
         plan.append((DENSE, seed, dense))
         for method in methods:
             config = dataclasses.replace(method.config(base), seed=seed, baseline=str(dense_dir),

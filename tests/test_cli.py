@@ -285,3 +285,15 @@ def test_compare_checks_every_method_before_running_any(capsys, tmp_path, method
                           "--methods", methods, "--tasks", "seg,depth")
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err
     assert not out_dir.exists()
+
+
+def test_compare_gives_mode_options_only_to_their_modes(tmp_path):
+    from prunekit.compare import parse_methods, run_configs
+    from prunekit.engine import RunConfig
+
+    base = RunConfig(rewind=True, init_checkpoint="trained.pt")
+    methods = parse_methods("snip,magnitude@iterative,disparse-gradflow:or@pretrained")
+    configs = {label: config for label, _, config in run_configs(base, methods, [0], tmp_path)}
+    assert [(c.rewind, c.init_checkpoint) for c in configs.values()] == [
+        (False, None), (False, None), (True, "trained.pt"), (False, "trained.pt")]
+    assert configs["dense"].dense and configs["dense"].mode == "static"
