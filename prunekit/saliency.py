@@ -21,9 +21,12 @@ Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @contextlib.contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
-    """Run in training mode and restore buffers (BatchNorm statistics) and mode afterwards."""
+    """Run in training mode; restore buffers (BatchNorm statistics) and every module's mode.
+
+    Modules keep their own modes (a model in training with frozen BatchNorm stays so).
+    """
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}
     model.train()
     try:
         yield
@@ -31,7 +34,8 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
 
 
 def task_losses(context: ScoringContext, batch: dict) -> dict[str, torch.Tensor]:

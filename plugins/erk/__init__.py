@@ -32,8 +32,9 @@ def erk_keep_counts(shapes: Sequence[Sequence[int]], keep_ratio: float,
         if not overflowing:
             break
         dense |= overflowing  # making a layer dense only raises the others' scale
-    exact = [float(sizes[i]) if i in dense else scale * raw[i] * sizes[i]
-             for i in range(len(sizes))]
+    # scale * raw * size, written so that equal real-valued counts come out equal (power 1)
+    exact = [float(size) if i in dense else scale * sum(shape) ** power * size ** (1 - power)
+             for i, (shape, size) in enumerate(zip(shapes, sizes))]
     counts = [min(sizes[i], math.floor(e)) for i, e in enumerate(exact)]
     by_remainder = sorted(range(len(sizes)), key=lambda i: (counts[i] - exact[i], i))
     missing = target - sum(counts)
