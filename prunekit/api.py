@@ -36,6 +36,12 @@ def check_sparsity(sparsity: float) -> None:
         raise PrunekitError(f"sparsity must be strictly between 0 and 1, got {sparsity}")
 
 
+def check_scope(thresholder: Thresholder, scope: str | None) -> None:
+    if scope is not None and scope not in thresholder.scopes:
+        raise PrunekitError(f"thresholder {thresholder.name!r} supports scope "
+                            f"{' or '.join(thresholder.scopes)}, not {scope!r}")
+
+
 def check_arbiter(scorer: Scorer, arbiter: Arbiter, num_tasks: int) -> None:
     if scorer.per_task and num_tasks < arbiter.min_tasks:
         raise PrunekitError(f"arbiter {arbiter.name!r} needs at least {arbiter.min_tasks} tasks, "
@@ -67,6 +73,7 @@ def compute_masks(model: nn.Module, layout: MultiTaskLayout | ResolvedLayout,
     if set(tasks) != set(resolved.tasks):
         raise PrunekitError(f"tasks {list(tasks)} do not match the layout's heads {resolved.tasks}")
     check_arbiter(scorer, arbiter, len(tasks))
+    check_scope(thresholder, scope)
     context = ScoringContext(model, resolved, tasks, batches, torch.device(device), check_loss,
                              progress, seed)
     started = time.perf_counter()

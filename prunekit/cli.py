@@ -13,7 +13,7 @@ from click.core import ParameterSource
 
 from ._version import __version__
 from .engine import QUICK, RunConfig, run
-from .errors import PrunekitError
+from .errors import PrunekitError, one_line
 from .interfaces import INTERFACES
 from .report import format_summary
 
@@ -127,11 +127,15 @@ MODE_OPTIONS = options(
 )
 
 
+def given_options(ctx, options: dict) -> dict:
+    """The options the user typed (not left at their defaults)."""
+    return {name: value for name, value in options.items()
+            if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
+
+
 def config_from(ctx, quick: bool, options: dict) -> RunConfig:
     """Defaults, then --quick's settings, then what the user typed."""
-    given = {name: value for name, value in options.items()
-             if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
-    return RunConfig(**{**DEFAULTS, **(QUICK if quick else {}), **given})
+    return RunConfig(**{**DEFAULTS, **(QUICK if quick else {}), **given_options(ctx, options)})
 
 
 def echo_err(message: str) -> None:
@@ -153,7 +157,11 @@ def echo_err(message: str) -> None:
 @click.pass_context
 def run_command(ctx, quick, progress, **options):
     """Prune a multi-task model, train it sparse and report per-task metrics."""
-    result = run(config_from(ctx, quick, options), show_progress=progress,
+    config = config_from(ctx, quick, options)
+    for name in config.ignored_options(given_options(ctx, options)):
+        echo_err(f"warning: --{name.replace('_', '-')} does not apply to --mode {config.mode}"
+                 f"{' with --rewind' if config.rewind else ''}; ignored")
+    result = run(config, show_progress=progress,
                  warn=lambda message: echo_err(f"warning: {message}"))
     click.echo(format_summary(result.report))
     click.echo(f"\nwrote {result.out_dir / 'report.json'} and {result.out_dir / 'checkpoint.pt'}")
@@ -172,7 +180,11 @@ def run_command(ctx, quick, progress, **options):
 @MODE_OPTIONS
 @click.pass_context
 def compare_command(ctx, methods, seeds, quick, progress, **options):
-    """Run several methods and a dense baseline on the same budget; print one table."""
+    """Run several methods and a dense baseline on the same data, model and seeds; one table.
+
+    Each method trains on its mode's budget (--iterations, and --finetune-iterations for
+    pretrained and iterative methods).
+    """
     from .compare import compare, parse_methods
 
     result = compare(config_from(ctx, quick, options), parse_methods(methods), seeds,
@@ -200,10 +212,6 @@ def plugins_command(kind, as_json):
               for i in range(3)]
     for row in [("KIND", "NAME", "DISTRIBUTION", "DESCRIPTION")] + rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
-
-
-def one_line(message: str) -> str:
-    return " ".join(str(message).split())
 
 
 def main(argv=None) -> None:

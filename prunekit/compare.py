@@ -1,4 +1,4 @@
-"""``prunekit compare``: several methods on the same data, model, seeds and budget, one table.
+"""``prunekit compare``: several methods on the same data, model and seeds, in one table.
 
 Each seed gets one dense run, the baseline of every method's Delta_T, then one run per method.
 The table has a row per method (DiSparse's Table 1): per-task metrics, Delta_T per task and
@@ -8,14 +8,12 @@ is the mean and the sample standard deviation.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import re
 import statistics
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-from .engine import Run, RunConfig, print_warning, run
+from .engine import Run, RunConfig, check_out_dir, fresh_run_dir, print_warning, run
 from .errors import PrunekitError
 from .files import atomic_write, write_json
 from .training import no_progress
@@ -67,15 +65,6 @@ def parse_methods(text: str) -> list[Method]:
     if repeated:
         raise PrunekitError(f"methods repeat: {', '.join(repeated)}")
     return methods
-
-
-def default_compare_dir() -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path("runs") / f"{stamp}-compare"
-    for suffix in itertools.count(2):
-        if not path.exists():
-            return path
-        path = Path("runs") / f"{stamp}-compare-{suffix}"
 
 
 def run_configs(base: RunConfig, methods: list[Method], seeds: list[int],
@@ -163,7 +152,8 @@ def compare(base: RunConfig, methods: list[Method], seeds: int = 1, show_progres
         raise PrunekitError("give at least one method to compare")
     if seeds < 1:
         raise PrunekitError(f"seeds must be at least 1, got {seeds}")
-    out_dir = Path(base.out) if base.out else default_compare_dir()
+    out_dir = Path(base.out) if base.out else fresh_run_dir("compare")
+    check_out_dir(out_dir)
     plan = run_configs(base, methods, list(range(base.seed, base.seed + seeds)), out_dir)
     for _, _, config in plan:  # every mistake shows before the first run starts
         Run(config, no_progress, warn=lambda message: None).check()

@@ -12,28 +12,37 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from ._version import __version__
-from .api import check_arbiter, check_sparsity, compute_masks, resolve
+from .api import check_arbiter, check_scope, check_sparsity, compute_masks, resolve
 from .data import build_dataset
-from .errors import PrunekitError, UnknownNameError
+from .errors import PrunekitError, UnknownNameError, one_line
 from .files import save_torch, write_json
 from .interfaces import Masks, Scorer, Thresholder
 from .layout import ResolvedLayout
 from .masks import AppliedMasks, dense_masks, sparsity_summary
-from .modes import MODES, plugin_info
+from .modes import MODES
 from .pruning import PruneResult
 from .models import build_model
-from .registry import default_registry
+from .registry import default_registry, plugin_info
 from .report import delta_t, load_baseline
 from .tasks import build_tasks
 from .training import Progress, evaluate, no_progress, to_device, train
 
 DEFAULT_TASKS = ("seg", "depth", "normal")
+# options that only some modes read (--rewind and --init-checkpoint elsewhere are errors)
+MODE_OPTIONS = {
+    "finetune_iterations": ("pretrained", "iterative"),
+    "finetune_lr": ("pretrained", "iterative"),
+    "prune_rounds": ("iterative",),
+    "update_interval": ("dynamic",),
+    "update_end": ("dynamic",),
+    "drop_fraction": ("dynamic",),
+}
 
 
 @dataclass
@@ -83,14 +92,29 @@ class RunConfig:
         if self.mode not in MODES:
             raise UnknownNameError("mode", self.mode, MODES)
         defaults = MODES[self.mode]
+        fine_tunes = "finetune_iterations" in self.options_used()
         return dataclasses.replace(
             self,
             scorer=self.scorer or defaults.scorer,
             thresholder=self.thresholder or defaults.thresholder,
-            finetune_iterations=(self.iterations // 2 if self.finetune_iterations is None
+            finetune_iterations=(None if not fine_tunes
+                                 else self.iterations // 2 if self.finetune_iterations is None
                                  else self.finetune_iterations),
-            finetune_lr=self.lr / 10 if self.finetune_lr is None else self.finetune_lr,
+            finetune_lr=(None if not fine_tunes
+                         else self.lr / 10 if self.finetune_lr is None else self.finetune_lr),
         )
+
+    def options_used(self) -> set[str]:
+        """The mode-specific options this run's mode reads."""
+        used = {name for name, modes in MODE_OPTIONS.items() if self.mode in modes}
+        if self.rewind:
+            used.discard("finetune_lr")  # rewound rounds retrain at --lr
+        return used
+
+    def ignored_options(self, given: Iterable[str]) -> list[str]:
+        """Those of ``given`` (option names) that only other modes read."""
+        return [name for name in given
+                if name in MODE_OPTIONS and name not in self.options_used()]
 
     def validate(self) -> None:
         if not self.dense:
@@ -176,16 +200,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def default_out_dir(config: RunConfig, per_task: bool) -> Path:
-    """``runs/<time>-<scorer>-<arbiter>`` (no arbiter for joint scorers), never an existing one."""
+def fresh_run_dir(name: str) -> Path:
+    """``runs/<time>-<name>``, with a numeric suffix when that folder already exists."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    method = ("dense" if config.dense
-              else f"{config.scorer}-{config.arbiter}" if per_task else config.scorer)
-    path = Path("runs") / f"{stamp}-{method}"
+    path = Path("runs") / f"{stamp}-{name}"
     for suffix in itertools.count(2):
         if not path.exists():
             return path
-        path = Path("runs") / f"{stamp}-{method}-{suffix}"
+        path = Path("runs") / f"{stamp}-{name}-{suffix}"
+
+
+def default_out_dir(config: RunConfig, per_task: bool) -> Path:
+    """``runs/<time>-<scorer>-<arbiter>`` (no arbiter for joint scorers), never an existing one."""
+    return fresh_run_dir("dense" if config.dense
+                         else f"{config.scorer}-{config.arbiter}" if per_task else config.scorer)
 
 
 @contextlib.contextmanager
@@ -258,6 +286,10 @@ class Run:
             check_scope(registry.get("thresholder", config.thresholder), config.scope)
             check_arbiter(self.scorer, self.arbiter, len(config.tasks))
             MODES[config.mode].check(self)
+        if config.init_checkpoint:
+            check_checkpoint_path(config.init_checkpoint)
+        if config.out:
+            check_out_dir(config.out)
         self.report["plugins"] = plugin_record(config, self.per_task)
 
     def prepare(self) -> None:
@@ -369,12 +401,6 @@ class Run:
         write_json(self.out_dir / "report.json", self.report)
 
 
-def check_scope(thresholder: Thresholder, scope: str | None) -> None:
-    if scope is not None and scope not in thresholder.scopes:
-        raise PrunekitError(f"thresholder {thresholder.name!r} supports scope "
-                            f"{' or '.join(thresholder.scopes)}, not {scope!r}")
-
-
 def run(config: RunConfig, show_progress: bool = False, warn=print_warning) -> RunResult:
     """Run the whole pipeline; raises PrunekitError for problems the user can fix.
 
@@ -392,16 +418,28 @@ def run(config: RunConfig, show_progress: bool = False, warn=print_warning) -> R
     return RunResult(current.report, current.out_dir)
 
 
-def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+def check_out_dir(path: str | Path) -> None:
+    if Path(path).exists() and not Path(path).is_dir():
+        raise PrunekitError(f"output folder {str(path)!r} is an existing file")
+
+
+def check_checkpoint_path(path: str | Path) -> None:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PrunekitError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        raise PrunekitError(f"checkpoint {str(path)!r} is not a file")
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    check_checkpoint_path(path)
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors alike: the file is not a checkpoint
-        raise PrunekitError(f"{str(path)!r} is not a prunekit checkpoint ({exc})") from exc
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise PrunekitError(f"{str(path)!r} is not a prunekit checkpoint (no 'model' entry)")
+        raise PrunekitError(f"{str(path)!r} could not be read as a checkpoint "
+                            f"({type(exc).__name__}: {one_line(exc, 200)})") from exc
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise PrunekitError(f"{str(path)!r} is not a prunekit checkpoint (no 'model' state dict)")
     return checkpoint
 
 
@@ -410,13 +448,9 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     checkpoint = read_checkpoint(path, next(model.parameters()).device)
     try:
         model.load_state_dict(checkpoint["model"], strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
         raise PrunekitError(f"checkpoint {str(path)!r} does not fit this model (same --model, "
-                            f"--width and --tasks?): {one_line(exc)}") from exc
-
-
-def one_line(message) -> str:
-    return " ".join(str(message).split())
+                            f"--width and --tasks?): {one_line(exc, 300)}") from exc
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu"):

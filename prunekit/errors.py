@@ -5,6 +5,12 @@ import difflib
 from typing import Iterable
 
 
+def one_line(message: object, limit: int | None = None) -> str:
+    """A message on one line, cut at ``limit`` characters when given."""
+    text = " ".join(str(message).split())
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+
+
 class PrunekitError(Exception):
     """A problem with the user's input or run (bad flag, bad path, NaN loss, unknown plugin)."""
 

@@ -17,16 +17,11 @@ from typing import TYPE_CHECKING, Callable
 from .errors import PrunekitError
 from .interfaces import Masks
 from .masks import AppliedMasks
-from .registry import default_registry
+from .registry import default_registry, plugin_info
 from .rigl import RigLSchedule, RigLUpdater
 
 if TYPE_CHECKING:
     from .engine import Run
-
-
-def plugin_info(kind: str, name: str) -> dict:
-    info = default_registry().info(kind, name)
-    return {"name": info.name, "distribution": info.distribution, "version": info.version}
 
 
 def static(run: "Run") -> Masks:
@@ -52,19 +47,21 @@ def round_sparsities(sparsity: float, rounds: int) -> list[float]:
 
 def iterative(run: "Run") -> Masks:
     config = run.config
-    initial = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    initial = ({k: v.detach().clone() for k, v in run.model.state_dict().items()}
+               if config.rewind else None)
     run.pretrain()
-    masks, rounds = None, []
+    masks, rounds = None, run.report.setdefault("rounds", [])
     for number, sparsity in enumerate(round_sparsities(config.sparsity, config.prune_rounds), 1):
         result = run.prune(sparsity, within=masks)
         masks = result.masks
         rounds.append({"round": number, "requested": sparsity, "achieved": result.achieved})
-        if config.rewind:
+        if config.rewind:  # lottery tickets: the survivors restart from their initial values
             run.model.load_state_dict(initial)
-        lr = config.lr if config.rewind else config.finetune_lr
-        run.train_phase(AppliedMasks(run.model, masks), config.finetune_iterations, lr,
-                        "finetuning")
-    run.report["rounds"] = rounds
+            run.train_phase(AppliedMasks(run.model, masks), config.finetune_iterations,
+                            config.lr, "retraining")
+        else:
+            run.train_phase(AppliedMasks(run.model, masks), config.finetune_iterations,
+                            config.finetune_lr, "finetuning")
     return masks
 
 
@@ -73,9 +70,7 @@ def dynamic(run: "Run") -> Masks:
     initial = run.prune(config.sparsity, scorer=default_registry().get("scorer", "random"))
     run.report["plugins"]["initial_scorer"] = plugin_info("scorer", "random")
     applied = AppliedMasks(run.model, initial.masks)
-    schedule = RigLSchedule(config.update_interval,
-                            max(1, round(config.update_end * config.iterations)),
-                            config.drop_fraction)
+    schedule = dynamic_schedule(config)
     updater = RigLUpdater(run.model, run.layout, run.tasks, applied, run.scorer, run.arbiter,
                           schedule, config.seed)
     run.train_phase(applied, config.iterations, config.lr, "training", after_step=updater)
@@ -86,7 +81,7 @@ def dynamic(run: "Run") -> Masks:
         "update_share_of_training": updater.seconds / training if training else None,
         "history": updater.history,
     }
-    return {name: mask.cpu() for name, mask in applied.named_masks().items()}
+    return applied.named_masks()
 
 
 def check_static(run: "Run") -> None:
@@ -95,7 +90,18 @@ def check_static(run: "Run") -> None:
                  "scores the untrained model; use --mode pretrained to train first")
 
 
+def dynamic_schedule(config) -> RigLSchedule:
+    return RigLSchedule.for_training(config.iterations, config.update_interval, config.update_end,
+                                     config.drop_fraction)
+
+
 def check_dynamic(run: "Run") -> None:
+    schedule = dynamic_schedule(run.config)
+    if schedule.updates == 0:
+        raise PrunekitError(f"--mode dynamic would update no mask: the first update is at step "
+                            f"{schedule.interval}, updates stop at step {schedule.end} "
+                            f"({run.config.update_end:g} of {run.config.iterations}); lower "
+                            "--update-interval or raise --iterations")
     if not run.scorer.grows:
         registry = default_registry()
         growers = ", ".join(name for name in registry.names("scorer")

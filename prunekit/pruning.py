@@ -6,6 +6,7 @@ per-task keep ratio at which the achieved overall sparsity matches the requested
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -44,7 +45,7 @@ def restrict(masks: Masks, within: Masks | None) -> Masks:
     """Masks that keep nothing outside ``within`` (the weights still alive), when given."""
     if within is None:
         return masks
-    return {name: mask & within[name] for name, mask in masks.items()}
+    return {name: mask & within[name].to(mask.device) for name, mask in masks.items()}
 
 
 def merge_task_masks(task_masks: dict[str, Masks], layout: ResolvedLayout,
@@ -59,17 +60,29 @@ def merge_task_masks(task_masks: dict[str, Masks], layout: ResolvedLayout,
 
 def per_task_masks(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
                    keep_ratio: float, scope: str | None) -> dict[str, Masks]:
-    return {task: thresholder.masks({n: saliency[task][n] for n in layout.task_params(task)},
-                                    keep_ratio, scope)
+    return {task: threshold(thresholder, {n: saliency[task][n] for n in layout.task_params(task)},
+                            keep_ratio, scope)
             for task in layout.heads}
 
 
 def ranked_last_outside(saliency: Saliency, within: Masks | None) -> Saliency:
-    """Scores in which weights outside ``within`` rank below every weight inside it."""
+    """Scores in which weights outside ``within`` rank below every weight inside it.
+
+    -inf, not a sentinel value: a scorer's own scores may be negative.
+    """
     if within is None:
         return saliency
-    return {key: {n: s.masked_fill(~within[n], -1.0) for n, s in tensors.items()}
+    return {key: {n: s.masked_fill(~within[n].to(s.device), -math.inf)
+                  for n, s in tensors.items()}
             for key, tensors in saliency.items()}
+
+
+def threshold(thresholder: Thresholder, scores: dict, keep_ratio: float,
+              scope: str | None) -> Masks:
+    """Pass ``scope`` only when one was asked for, so thresholders without scopes still work."""
+    if scope is None:
+        return thresholder.masks(scores, keep_ratio)
+    return thresholder.masks(scores, keep_ratio, scope=scope)
 
 
 def prune(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
@@ -84,8 +97,8 @@ def prune(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
     target = 1.0 - sparsity
     ranked = ranked_last_outside(saliency, within)
     if JOINT in saliency:
-        masks = restrict(thresholder.masks({n: ranked[JOINT][n] for n in layout.params}, target,
-                                           scope), within)
+        masks = restrict(threshold(thresholder, {n: ranked[JOINT][n] for n in layout.params},
+                                   target, scope), within)
         return PruneResult(masks, {JOINT: masks}, target, sparsity, 1.0 - density(masks),
                            saliency=saliency)
     if arbiter is None:

@@ -165,3 +165,9 @@ def default_registry() -> Registry:
         raise PrunekitError("no prunekit plugins are installed; install prunekit with "
                             "`make install` (pip install --no-build-isolation -e .)")
     return registry
+
+
+def plugin_info(kind: str, name: str) -> dict:
+    """Name, distribution and version of an installed plugin, as reports record them."""
+    info = default_registry().info(kind, name)
+    return {"name": info.name, "distribution": info.distribution, "version": info.version}

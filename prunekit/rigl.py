@@ -3,8 +3,8 @@
 Every ``interval`` steps until ``end``, each tensor drops the fraction
 alpha/2 * (1 + cos(pi * t / end)) of its active weights with the smallest magnitude and grows the
 same number of inactive ones with the highest grow score (the dense gradient's magnitude), never
-one it has just dropped. Regrown weights start at zero with fresh optimiser state, and every
-tensor keeps exactly its number of active weights.
+one it has just dropped. Regrown weights start at zero with their optimiser moments reset, and
+every tensor keeps exactly its number of active weights.
 
 With per-task grow scores (``disparse-rigl``) each task proposes its best candidates on a shared
 tensor and the arbiter merges the proposals; the merged set is trimmed, or filled, to exactly the
@@ -34,6 +34,17 @@ class RigLSchedule:
     end: int             # no update at or after this step
     alpha: float = 0.3   # drop fraction at step 0, cosine-decayed to 0 at ``end``
 
+    @classmethod
+    def for_training(cls, iterations: int, interval: int, end_share: float,
+                     alpha: float) -> "RigLSchedule":
+        """Updates every ``interval`` steps until ``end_share`` of ``iterations``."""
+        return cls(interval, max(1, round(end_share * iterations)), alpha)
+
+    @property
+    def updates(self) -> int:
+        """How many updates fall due in a whole training run."""
+        return (self.end - 1) // self.interval
+
     def due(self, step: int) -> bool:
         return step > 0 and step % self.interval == 0 and step < self.end
 
@@ -62,7 +73,11 @@ def merged_growth(proposals: list[torch.Tensor], combined: torch.Tensor, candida
 
 def reset_optimiser_state(optimiser: torch.optim.Optimizer, param: nn.Parameter,
                           where: torch.Tensor) -> None:
-    """Zero the per-element optimiser state (Adam's moments) of ``param`` at ``where``."""
+    """Zero the per-element optimiser state (Adam's moments) of ``param`` at ``where``.
+
+    Per-tensor state such as Adam's step count is shared by the whole tensor and stays, as in
+    RigL's reference code.
+    """
     for value in optimiser.state.get(param, {}).values():
         if torch.is_tensor(value) and value.shape == param.shape:
             value.masked_fill_(where, 0)
@@ -124,7 +139,7 @@ class RigLUpdater:
             dropped = weakest(params[name], mask, count)
             grown = self.growth(name, saliency, candidates, count)
             mask.logical_and_(~dropped).logical_or_(grown)
-            params[name].masked_fill_(grown, 0.0)
+            params[name].masked_fill_(grown, 0.0)  # even if the caller left stale values there
             reset_optimiser_state(optimiser, params[name], grown)
             changed += count
         self.masks.zero_pruned()

@@ -297,3 +297,48 @@ def test_compare_gives_mode_options_only_to_their_modes(tmp_path):
     assert [(c.rewind, c.init_checkpoint) for c in configs.values()] == [
         (False, None), (False, None), (True, "trained.pt"), (False, "trained.pt")]
     assert configs["dense"].dense and configs["dense"].mode == "static"
+
+
+def test_options_of_another_mode_are_named_and_ignored(capsys, tmp_path):
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--prune-rounds", "5",
+                          "--out", str(tmp_path / "r"))
+    assert code == 0
+    assert "prunekit: warning: --prune-rounds does not apply to --mode static; ignored" in err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["config"]["finetune_iterations"] is None  # static mode does not fine-tune
+
+
+def test_dynamic_mode_that_would_never_update_is_refused(capsys, tmp_path):
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--mode", "dynamic",
+                          "--update-interval", "3", "--out", str(tmp_path / "r"))
+    assert code == 2 and "would update no mask" in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("make_bad", ["directory", "text", "not a state dict"])
+def test_init_checkpoint_that_is_not_a_checkpoint(capsys, tmp_path, make_bad):
+    path = tmp_path / "bad.pt"
+    if make_bad == "directory":
+        path.mkdir()
+    elif make_bad == "text":
+        path.write_text("hello")
+    else:
+        torch.save({"model": [1, 2]}, path)
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--mode", "pretrained",
+                          "--init-checkpoint", str(path), "--out", str(tmp_path / "r"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "prunekit: error:" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", [["run"], ["compare", "--methods", "snip"]])
+def test_out_that_is_an_existing_file(capsys, tmp_path, command):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    code, _, err = invoke(capsys, *command, "--quick", "--no-progress", "--out", str(taken))
+    assert code == 2 and "is an existing file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_checks_the_init_checkpoint_before_running_anything(capsys, tmp_path):
+    code, _, err = invoke(capsys, "compare", "--quick", "--no-progress", "--methods",
+                          "gradflow@pretrained", "--init-checkpoint", "/nonexistent.pt",
+                          "--out", str(tmp_path / "cmp"))
+    assert code == 2 and "does not exist" in err and not (tmp_path / "cmp").exists()

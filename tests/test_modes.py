@@ -220,7 +220,8 @@ def test_iterative_masks_shrink_and_rewinding_restores_the_initial_weights(tiny_
     fake = FakeIterativeRun(tiny_model, tasks, rewind=rewind)
     final = iterative(fake)
     config = fake.config
-    assert [p.phase for p in fake.phases] == ["finetuning"] * config.prune_rounds
+    phase = "retraining" if rewind else "finetuning"
+    assert [p.phase for p in fake.phases] == [phase] * config.prune_rounds
     lr = config.lr if rewind else config.finetune_lr
     assert [p.lr for p in fake.phases] == [lr] * config.prune_rounds
     assert ([r["requested"] for r in fake.report["rounds"]]

@@ -122,3 +122,28 @@ def test_nan_saliency_is_a_clear_error(layout):
     saliency[layout.tasks[1]][layout.shared[0]][0] = float("nan")
     with pytest.raises(PrunekitError, match="not finite"):
         prune(saliency, layout, plugin("thresholder", "topk"), plugin("arbiter", "or"), 0.5)
+
+
+def test_within_holds_for_scores_below_minus_one(layout):
+    """Weights outside ``within`` rank last even when a scorer's scores are all very negative."""
+    from prunekit_plugins.topk import TopKThresholder
+
+    scores = {JOINT: {n: -1000.0 - torch.rand(p.shape) for n, p in layout.params.items()}}
+    first = prune(scores, layout, TopKThresholder(), None, 0.5)
+    second = prune(scores, layout, TopKThresholder(), None, 0.75, within=first.masks)
+    assert abs(second.achieved - 0.75) <= 0.005
+    assert all(not (second.masks[n] & ~first.masks[n]).any() for n in layout.params)
+
+
+def test_thresholder_without_a_scope_argument_still_works(layout):
+    from prunekit import Thresholder
+    from prunekit_plugins.topk import global_topk
+
+    class OldStyle(Thresholder):
+        name, description = "old-style", "written before scopes existed"
+
+        def masks(self, scores, keep_ratio):
+            return global_topk(scores, keep_ratio)
+
+    scores = {JOINT: {n: torch.rand(p.shape) for n, p in layout.params.items()}}
+    assert abs(prune(scores, layout, OldStyle(), None, 0.6).achieved - 0.6) <= 0.005
