@@ -89,6 +89,7 @@ BUILTIN_PLUGINS = [
     "random = prunekit_plugins.random",
     "topk = prunekit_plugins.topk",
     "erk = prunekit_plugins.erk",
+    "soft_threshold = prunekit_plugins.soft_threshold",
     "arbiters = prunekit_plugins.arbiters",
     "overlap = prunekit_plugins.overlap",
 ]

@@ -86,6 +86,9 @@ class RunConfig:
     update_interval: int = 25                # dynamic: steps between RigL updates
     update_end: float = 0.75                 # dynamic: last update at this share of training
     drop_fraction: float = 0.3               # dynamic: RigL's alpha
+    theta_init: float = -6.0                 # soft-threshold: initial theta, alpha = sigmoid(theta)
+    theta_lr: float = 0.1                    # soft-threshold: Adam learning rate of the thetas
+    theta_decay: float = 0.1                 # soft-threshold: L2 decay pushing the thresholds up
 
     def resolved(self) -> "RunConfig":
         """A copy with the mode's default scorer and thresholder and the fine-tuning budget."""
@@ -125,7 +128,8 @@ class RunConfig:
             raise PrunekitError(f"tasks repeat: {','.join(self.tasks)}")
         positive = {"width": self.width, "batch size": self.batch_size, "lr": self.lr,
                     "score batches": self.score_batches, "prune rounds": self.prune_rounds,
-                    "update interval": self.update_interval, "finetune lr": self.finetune_lr}
+                    "update interval": self.update_interval, "finetune lr": self.finetune_lr,
+                    "theta lr": self.theta_lr}
         for what, value in positive.items():
             if value is not None and not value > 0:
                 raise PrunekitError(f"{what} must be positive, got {value}")
@@ -139,6 +143,8 @@ class RunConfig:
             raise PrunekitError(f"update end must be in (0, 1], got {self.update_end}")
         if not 0 < self.drop_fraction <= 1:
             raise PrunekitError(f"drop fraction must be in (0, 1], got {self.drop_fraction}")
+        if self.theta_decay < 0:
+            raise PrunekitError(f"theta decay must be >= 0, got {self.theta_decay}")
         self.validate_mode()
 
     def validate_mode(self) -> None:
@@ -226,9 +232,11 @@ def timed(timings: dict, phase: str):
         timings[phase] = round(timings.get(phase, 0.0) + time.perf_counter() - start, 3)
 
 
-def plugin_record(config: RunConfig, per_task: bool) -> dict:
+def plugin_record(config: RunConfig, per_task: bool, thresholder: Thresholder | None) -> dict:
     """Name, distribution and version of every plugin the run uses."""
-    used = {} if config.dense else {"scorer": config.scorer, "thresholder": config.thresholder}
+    used = ({} if config.dense
+            else {"thresholder": config.thresholder} if thresholder.learns
+            else {"scorer": config.scorer, "thresholder": config.thresholder})
     if used and per_task:
         used["arbiter"] = config.arbiter
     used.update({f"metric:{m}": m for m in config.metrics})
@@ -282,15 +290,23 @@ class Run:
         self.scorer = None if config.dense else registry.get("scorer", config.scorer)
         self.per_task = bool(self.scorer and self.scorer.per_task)
         self.arbiter = registry.get("arbiter", config.arbiter)
-        if self.scorer:
-            check_scope(registry.get("thresholder", config.thresholder), config.scope)
+        self.thresholder = None if config.dense else registry.get("thresholder",
+                                                                    config.thresholder)
+        if self.thresholder and self.thresholder.learns:
+            if config.mode != "static":
+                raise PrunekitError(f"thresholder {config.thresholder!r} learns its masks while "
+                                    f"training from scratch; use it with --mode static, not "
+                                    f"{config.mode}")
+            self.scorer, self.per_task = None, False  # nothing is scored
+        elif self.scorer:
+            check_scope(self.thresholder, config.scope)
             check_arbiter(self.scorer, self.arbiter, len(config.tasks))
             MODES[config.mode].check(self)
         if config.init_checkpoint:
             check_checkpoint_path(config.init_checkpoint)
         if config.out:
             check_out_dir(config.out)
-        self.report["plugins"] = plugin_record(config, self.per_task)
+        self.report["plugins"] = plugin_record(config, self.per_task, self.thresholder)
 
     def prepare(self) -> None:
         self.check()
@@ -345,11 +361,11 @@ class Run:
         return result
 
     def train_phase(self, masks: AppliedMasks | None, iterations: int, lr: float, phase: str,
-                    after_step=None) -> None:
+                    after_step=None, extra_groups: list[dict] | None = None) -> None:
         """Train for ``iterations`` steps; the seconds go to ``timings[phase]``."""
         with timed(self.timings, phase):
             history = train(self.model, self.tasks, self.train_loader, iterations, lr, masks,
-                            self.device, self.progress, phase, after_step)
+                            self.device, self.progress, phase, after_step, extra_groups)
         self.report["training"].append({
             "phase": phase, "iterations": iterations, "lr": lr,
             "first_loss": history[0] if history else None,

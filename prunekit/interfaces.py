@@ -77,11 +77,13 @@ class Thresholder(Plugin):
     """Turns one saliency map into a mask keeping a given fraction of its elements.
 
     ``scopes`` lists the scopes it supports, its default first: ``global`` ranks all the tensors
-    together, ``layer`` decides each tensor's share on its own.
+    together, ``layer`` decides each tensor's share on its own. ``learns = True`` marks a
+    thresholder that learns the masks during training instead (no saliency is scored).
     """
 
     kind = "thresholder"
     scopes: ClassVar[tuple[str, ...]] = ("global",)
+    learns: ClassVar[bool] = False
 
     @abstractmethod
     def masks(self, scores: Mapping[str, torch.Tensor], keep_ratio: float,

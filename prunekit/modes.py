@@ -14,11 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+import torch
+
 from .errors import PrunekitError
 from .interfaces import Masks
 from .masks import AppliedMasks
+from .plots import save_sparsity_history
 from .registry import default_registry, plugin_info
 from .rigl import RigLSchedule, RigLUpdater
+from .soft_threshold import ComponentThresholds
 
 if TYPE_CHECKING:
     from .engine import Run
@@ -26,9 +30,41 @@ if TYPE_CHECKING:
 
 def static(run: "Run") -> Masks:
     config = run.config
+    if run.thresholder.learns:
+        return learned(run)
     masks = run.prune(config.sparsity).masks
     run.train_phase(AppliedMasks(run.model, masks), config.iterations, config.lr, "training")
     return masks
+
+
+def learned(run: "Run") -> Masks:
+    """Static mode with a learning thresholder: per-component thresholds train with the weights
+    from scratch until the overall sparsity reaches the target, then stay; training goes on."""
+    config = run.config
+    thresholds = ComponentThresholds(run.model, run.layout, config.theta_init)
+    record_every = max(1, config.iterations // 100)
+    history, frozen_at = [], []
+
+    def after_step(step: int, batch: dict, optimiser) -> None:
+        if not thresholds.frozen and thresholds.freeze_at(config.sparsity):
+            frozen_at.append(step + 1)
+        if (step + 1) % record_every == 0 or step + 1 == config.iterations:
+            history.append({"step": step + 1, **thresholds.sparsity()})
+
+    group = {"params": list(thresholds.thetas.values()), "lr": config.theta_lr,
+             "weight_decay": config.theta_decay}
+    run.train_phase(None, config.iterations, config.lr, "training", after_step, [group])
+    reached = thresholds.sparsity()["overall"]
+    run.report["soft_threshold"] = {
+        "frozen_at_step": frozen_at[0] if frozen_at else None,
+        "thresholds": {component: float(torch.sigmoid(theta.detach()))
+                       for component, theta in thresholds.thetas.items()},
+        "history": history}
+    if not frozen_at:
+        run.warn(f"the soft thresholds reached sparsity {reached:.3f} of the requested "
+                 f"{config.sparsity:g}; raise --theta-lr, --theta-init or --iterations")
+    save_sparsity_history(history, run.out_dir / "sparsity.png")
+    return thresholds.remove()
 
 
 def pretrained(run: "Run") -> Masks:

@@ -41,15 +41,21 @@ def endless(loader: DataLoader, device: torch.device) -> Iterator[dict]:
 def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, iterations: int,
           lr: float, masks: AppliedMasks | None, device: torch.device,
           progress: Progress = no_progress, label: str = "training",
-          after_step: AfterStep | None = None) -> list[dict[str, float]]:
+          after_step: AfterStep | None = None,
+          extra_groups: list[dict] | None = None) -> list[dict[str, float]]:
     """Adam on the summed task losses with cosine learning-rate decay.
 
     With ``masks``, pruned weights get zero gradients and are re-zeroed after each step, so they
-    stay exactly zero. ``label`` names the phase in progress bars and errors. Returns the per-task
-    losses of every step.
+    stay exactly zero. ``label`` names the phase in progress bars and errors. ``extra_groups``
+    are Adam parameter groups with their own settings (learnable thresholds); every other
+    parameter trains at ``lr``. Returns the per-task losses of every step.
     """
     model.train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    extra_groups = extra_groups or []
+    special = {id(p) for group in extra_groups for p in group["params"]}
+    optimiser = torch.optim.Adam(
+        [{"params": [p for p in model.parameters() if id(p) not in special]}, *extra_groups],
+        lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(iterations, 1))
     history = []
     batches = endless(loader, device)

@@ -342,3 +342,29 @@ def test_compare_checks_the_init_checkpoint_before_running_anything(capsys, tmp_
                           "gradflow@pretrained", "--init-checkpoint", "/nonexistent.pt",
                           "--out", str(tmp_path / "cmp"))
     assert code == 2 and "does not exist" in err and not (tmp_path / "cmp").exists()
+
+
+def test_soft_threshold_learns_masks_while_training(capsys, tmp_path):
+    report, _ = quick_run(capsys, tmp_path / "r", "--thresholder", "soft-threshold",
+                          "--sparsity", "0.3", "--theta-init", "-3", "--theta-lr", "0.5")
+    learned = report["soft_threshold"]
+    assert learned["frozen_at_step"] is not None and len(learned["history"]) == 4
+    assert set(learned["thresholds"]) == {"shared", *TASKS}
+    assert set(report["plugins"]) == {"thresholder", "metric:iou"}  # nothing was scored
+    assert report["sparsity"]["achieved"] >= 0.3
+    assert (tmp_path / "r" / "sparsity.png").read_bytes().startswith(b"\x89PNG")
+    model, masks = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    params = dict(model.named_parameters())
+    assert all((params[name][~mask] == 0).all() for name, mask in masks.items())
+
+
+def test_soft_threshold_that_does_not_reach_the_target_warns(capsys, tmp_path):
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--thresholder",
+                          "soft-threshold", "--theta-init", "-30", "--out", str(tmp_path / "r"))
+    assert code == 0 and "prunekit: warning: the soft thresholds reached sparsity 0.000" in err
+
+
+def test_soft_threshold_outside_static_mode_is_refused(capsys, tmp_path):
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--thresholder",
+                          "soft-threshold", "--mode", "pretrained", "--out", str(tmp_path / "r"))
+    assert code == 2 and "use it with --mode static, not pretrained" in err

@@ -13,7 +13,7 @@ from prunekit.registry import Registry, Source, default_registry
 BUILTINS = {
     "scorer": {"snip", "disparse-snip", "gradflow", "disparse-gradflow", "rigl", "disparse-rigl",
                "magnitude", "random"},
-    "thresholder": {"topk", "erk"},
+    "thresholder": {"topk", "erk", "soft-threshold"},
     "arbiter": {"or", "and", "majority"},
     "metric": {"iou"},
 }
