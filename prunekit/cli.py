@@ -164,9 +164,11 @@ def echo_err(message: str) -> None:
 def run_command(ctx, quick, progress, **options):
     """Prune a multi-task model, train it sparse and report per-task metrics."""
     config = config_from(ctx, quick, options)
-    for name in config.ignored_options(given_options(ctx, options)):
-        echo_err(f"warning: --{name.replace('_', '-')} does not apply to --mode {config.mode}"
-                 f"{' with --rewind' if config.rewind else ''}; ignored")
+    resolved = config.resolved()
+    for name in resolved.ignored_options(given_options(ctx, options)):
+        echo_err(f"warning: --{name.replace('_', '-')} does not apply to --mode {config.mode} "
+                 f"with --thresholder {resolved.thresholder}"
+                 f"{' and --rewind' if config.rewind else ''}; ignored")
     result = run(config, show_progress=progress,
                  warn=lambda message: echo_err(f"warning: {message}"))
     click.echo(format_summary(result.report))

@@ -43,6 +43,7 @@ MODE_OPTIONS = {
     "update_end": ("dynamic",),
     "drop_fraction": ("dynamic",),
 }
+LEARNED_THRESHOLD_OPTIONS = {"theta_init", "theta_lr", "theta_decay"}  # soft-threshold
 
 
 @dataclass
@@ -108,16 +109,26 @@ class RunConfig:
         )
 
     def options_used(self) -> set[str]:
-        """The mode-specific options this run's mode reads."""
+        """The mode- and thresholder-specific options this run reads."""
         used = {name for name, modes in MODE_OPTIONS.items() if self.mode in modes}
         if self.rewind:
             used.discard("finetune_lr")  # rewound rounds retrain at --lr
+        if self.thresholder_learns():
+            used |= LEARNED_THRESHOLD_OPTIONS
         return used
+
+    def thresholder_learns(self) -> bool:
+        if self.thresholder is None:  # not resolved yet
+            return False
+        try:
+            return default_registry().get("thresholder", self.thresholder).learns
+        except PrunekitError:  # unknown or unset: the run's own checks report it
+            return False
 
     def ignored_options(self, given: Iterable[str]) -> list[str]:
         """Those of ``given`` (option names) that only other modes read."""
-        return [name for name in given
-                if name in MODE_OPTIONS and name not in self.options_used()]
+        specific = MODE_OPTIONS.keys() | LEARNED_THRESHOLD_OPTIONS
+        return [name for name in given if name in specific and name not in self.options_used()]
 
     def validate(self) -> None:
         if not self.dense:
@@ -292,6 +303,8 @@ class Run:
         self.arbiter = registry.get("arbiter", config.arbiter)
         self.thresholder = None if config.dense else registry.get("thresholder",
                                                                     config.thresholder)
+        if self.thresholder:
+            check_scope(self.thresholder, config.scope)
         if self.thresholder and self.thresholder.learns:
             if config.mode != "static":
                 raise PrunekitError(f"thresholder {config.thresholder!r} learns its masks while "
@@ -299,7 +312,6 @@ class Run:
                                     f"{config.mode}")
             self.scorer, self.per_task = None, False  # nothing is scored
         elif self.scorer:
-            check_scope(self.thresholder, config.scope)
             check_arbiter(self.scorer, self.arbiter, len(config.tasks))
             MODES[config.mode].check(self)
         if config.init_checkpoint:

@@ -303,7 +303,7 @@ def test_options_of_another_mode_are_named_and_ignored(capsys, tmp_path):
     code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--prune-rounds", "5",
                           "--out", str(tmp_path / "r"))
     assert code == 0
-    assert "prunekit: warning: --prune-rounds does not apply to --mode static; ignored" in err
+    assert "prunekit: warning: --prune-rounds does not apply to --mode static with --thresholder topk; ignored" in err
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["config"]["finetune_iterations"] is None  # static mode does not fine-tune
 
@@ -368,3 +368,15 @@ def test_soft_threshold_outside_static_mode_is_refused(capsys, tmp_path):
     code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--thresholder",
                           "soft-threshold", "--mode", "pretrained", "--out", str(tmp_path / "r"))
     assert code == 2 and "use it with --mode static, not pretrained" in err
+
+
+def test_threshold_options_without_a_learning_thresholder_are_ignored(capsys, tmp_path):
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--theta-lr", "0.3",
+                          "--out", str(tmp_path / "r"))
+    assert code == 0 and "--theta-lr does not apply to --mode static with --thresholder topk" in err
+
+
+def test_soft_threshold_takes_no_layer_scope(capsys, tmp_path):
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--thresholder",
+                          "soft-threshold", "--scope", "layer", "--out", str(tmp_path / "r"))
+    assert code == 2 and "supports scope global, not 'layer'" in err
