@@ -87,6 +87,7 @@ BUILTIN_PLUGINS = [
     "rigl = prunekit_plugins.rigl",
     "magnitude = prunekit_plugins.magnitude",
     "random = prunekit_plugins.random",
+    "structured = prunekit_plugins.structured",
     "topk = prunekit_plugins.topk",
     "erk = prunekit_plugins.erk",
     "soft_threshold = prunekit_plugins.soft_threshold",

@@ -311,6 +311,10 @@ class Run:
                                     f"training from scratch; use it with --mode static, not "
                                     f"{config.mode}")
             self.scorer, self.per_task = None, False  # nothing is scored
+        elif self.scorer and self.scorer.granularity != "element":
+            raise PrunekitError(f"scorer {config.scorer!r} scores whole filters, and prunekit "
+                                "run does not remove filters yet; compute filter importances "
+                                "from Python with the scorer's score()")
         elif self.scorer:
             check_arbiter(self.scorer, self.arbiter, len(config.tasks))
             MODES[config.mode].check(self)

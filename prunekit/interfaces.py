@@ -58,7 +58,8 @@ class Scorer(Plugin):
     ``needs_trained = True`` marks criteria meant for trained weights (a run warns when it scores
     an untrained model with one). ``grows = True`` marks gradient scores that rank pruned
     weights too, so dynamic sparse training can grow connections by them.
-    ``granularity`` is ``"element"``: one score per weight.
+    ``granularity`` is ``"element"`` (one score per weight) or ``"filter"`` (one score per
+    output filter: a tensor of shape ``(out_channels,)`` per prunable tensor).
     """
 
     kind = "scorer"

@@ -47,16 +47,25 @@ def task_losses(context: ScoringContext, batch: dict) -> dict[str, torch.Tensor]
     return losses
 
 
-def accumulate_scores(context: ScoringContext, criterion: Criterion, per_task: bool) -> Saliency:
+def score_shape(param: torch.Tensor, granularity: str) -> torch.Size:
+    """One score per element, or per output filter (the first dimension)."""
+    return param.shape if granularity == "element" else param.shape[:1]
+
+
+def accumulate_scores(context: ScoringContext, criterion: Criterion, per_task: bool,
+                      granularity: str = "element") -> Saliency:
     """Sum ``criterion(w, dL/dw)`` over the scoring batches.
 
-    per_task: one entry per task, from that task's loss, over ``layout.task_params(task)``.
+    The criterion returns one score per element, or per output filter for ``"filter"``
+    granularity. per_task: one entry per task, from that task's loss, over
+    ``layout.task_params(task)``.
     Otherwise one ``JOINT`` entry from the summed loss over every prunable tensor.
     """
     layout, params = context.layout, context.layout.params
     groups = ({task: layout.task_params(task) for task in context.tasks} if per_task
               else {JOINT: list(params)})
-    scores = {key: {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
+    scores = {key: {n: params[n].new_zeros(score_shape(params[n], granularity),
+                                           dtype=torch.float32) for n in names}
               for key, names in groups.items()}
     with preserved_state(context.model):
         for batch in context.progress(context.batches, "scoring"):
@@ -84,7 +93,8 @@ def normalise(saliency: Saliency) -> Saliency:
 class GradientScorer(Scorer):
     """A scorer that sums ``criterion(w, dL/dw)`` over the scoring batches, then normalises.
 
-    Subclasses give the criterion; ``per_task`` chooses per-task (DiSparse) or joint scoring.
+    Subclasses give the criterion; ``per_task`` chooses per-task (DiSparse) or joint scoring;
+    with ``granularity = "filter"`` the criterion returns one score per output filter.
     """
 
     @staticmethod
@@ -93,4 +103,5 @@ class GradientScorer(Scorer):
         """Per-element score from a weight and its gradient on one batch."""
 
     def score(self, context: ScoringContext) -> Saliency:
-        return normalise(accumulate_scores(context, self.criterion, self.per_task))
+        return normalise(accumulate_scores(context, self.criterion, self.per_task,
+                                           self.granularity))

@@ -12,7 +12,7 @@ from prunekit.registry import Registry, Source, default_registry
 
 BUILTINS = {
     "scorer": {"snip", "disparse-snip", "gradflow", "disparse-gradflow", "rigl", "disparse-rigl",
-               "magnitude", "random"},
+               "magnitude", "random", "taylor", "cosprune"},
     "thresholder": {"topk", "erk", "soft-threshold"},
     "arbiter": {"or", "and", "majority"},
     "metric": {"iou"},
@@ -55,8 +55,8 @@ def test_unknown_name_lists_known_names_and_closest_match():
         default_registry().get("scorer", "disparse-snp")
     message = str(error.value)
     assert "unknown scorer 'disparse-snp'" in message
-    assert ("known: disparse-gradflow, disparse-rigl, disparse-snip, gradflow, magnitude, random, "
-            "rigl, snip;") in message
+    assert ("known: cosprune, disparse-gradflow, disparse-rigl, disparse-snip, gradflow, magnitude, "
+            "random, rigl, snip, taylor;") in message
     assert "did you mean 'disparse-snip'?" in message
 
 
