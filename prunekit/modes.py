@@ -7,7 +7,8 @@
   sparsity is reached; ``--rewind`` resets the survivors to their initial values each round
   (lottery tickets).
 
-Each mode returns the final masks of the model it trained.
+Static mode with a learning thresholder (``soft-threshold``) scores nothing: the thresholds
+learn with the weights (``learned``). Each mode returns the final masks of the model it trained.
 """
 from __future__ import annotations
 
