@@ -96,7 +96,7 @@ class RunConfig:
         if self.mode not in MODES:
             raise UnknownNameError("mode", self.mode, MODES)
         defaults = MODES[self.mode]
-        fine_tunes = "finetune_iterations" in self.options_used()
+        fine_tunes = self.mode in MODE_OPTIONS["finetune_iterations"]
         return dataclasses.replace(
             self,
             scorer=self.scorer or defaults.scorer,
@@ -240,7 +240,11 @@ def timed(timings: dict, phase: str):
     try:
         yield
     finally:
-        timings[phase] = round(timings.get(phase, 0.0) + time.perf_counter() - start, 3)
+        add_seconds(timings, phase, time.perf_counter() - start)
+
+
+def add_seconds(timings: dict, phase: str, seconds: float) -> None:
+    timings[phase] = round(timings.get(phase, 0.0) + seconds, 3)
 
 
 def plugin_record(config: RunConfig, per_task: bool, thresholder: Thresholder | None) -> dict:
@@ -369,7 +373,7 @@ class Run:
                                self.device, progress=self.progress, seed=config.seed,
                                scope=config.scope, within=within)
         for phase, seconds in result.timings.items():
-            self.timings[phase] = round(self.timings.get(phase, 0.0) + seconds, 3)
+            add_seconds(self.timings, phase, seconds)
         self.report["keep_ratio_per_task"] = result.keep_ratio
         if scorer.per_task and len(self.tasks) > 1:
             self.report["task_overlap"] = task_overlap(result, self.layout, config.metrics)
