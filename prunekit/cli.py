@@ -30,6 +30,15 @@ def comma_list(ctx, param, value):
     return items
 
 
+def learning_rates(ctx, param, value):
+    try:
+        rates = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected a number or a comma-separated list such as "
+                                 f"1e-3,5e-4,1e-4, got {value!r}")
+    return rates
+
+
 def image_size(ctx, param, value):
     if value is None:
         return None
@@ -94,8 +103,11 @@ DATA_AND_TRAINING_OPTIONS = options(
     click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True),
     click.option("--workers", type=int, default=DEFAULTS["workers"], show_default=True,
                  help="Data-loading processes (0: load in the main process)."),
-    click.option("--lr", type=float, default=DEFAULTS["lr"], show_default=True,
-                 help="Adam learning rate (cosine-decayed to zero)."),
+    click.option("--lr", callback=learning_rates, default=str(DEFAULTS["lr"]),
+                 show_default=True,
+                 help="Adam learning rate (cosine-decayed to zero); with --retrain-from-scratch "
+                      "a comma-separated sweep such as 1e-3,5e-4,1e-4 for the retraining (the "
+                      "first value trains the dense model)."),
     click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True),
     click.option("--device", default=DEFAULTS["device"], show_default=True, help="cpu or cuda."),
 )
@@ -126,6 +138,26 @@ MODE_OPTIONS = options(
                  help="soft-threshold: learning rate of the thresholds."),
     click.option("--theta-decay", type=float, default=DEFAULTS["theta_decay"], show_default=True,
                  help="soft-threshold: L2 decay on theta, which raises the thresholds."),
+    click.option("--task-weighting", default=DEFAULTS["task_weighting"], show_default=True,
+                 help="fixed (every task loss weighs 1) or adaptive: AdapMTL's weights from "
+                      "the inverse loss fluctuation over --window steps."),
+    click.option("--window", type=int, default=DEFAULTS["window"], show_default=True,
+                 help="adaptive task weighting: per-task losses averaged."),
+    click.option("--params-ratio", type=float, default=None,
+                 help="structured: share of the whole model's parameters to keep [default: "
+                      "1 - sparsity of the weights the scorer scores]."),
+    click.option("--prune-interval", type=int, default=DEFAULTS["prune_interval"],
+                 show_default=True,
+                 help="structured: training steps whose filter scores are summed before each "
+                      "removal."),
+    click.option("--filters-per-prune", type=int, default=None,
+                 help="structured: channels removed per round [default: 5% of the candidates]."),
+    click.option("--retrain-from-scratch", is_flag=True,
+                 help="structured: re-initialise the pruned model and train it for --iterations "
+                      "at each --lr, keeping the best by --select-metric."),
+    click.option("--select-metric", default=DEFAULTS["select_metric"], show_default=True,
+                 help="structured: delta_t (against the dense model) or TASK.METRIC such as "
+                      "seg.miou, measured on training samples held out of the sweep."),
     click.option("--quick", is_flag=True,
                  help="Tiny settings that finish in seconds; explicit options still win."),
     click.option("--progress/--no-progress", default=True, show_default=True,
@@ -141,7 +173,11 @@ def given_options(ctx, options: dict) -> dict:
 
 def config_from(ctx, quick: bool, options: dict) -> RunConfig:
     """Defaults, then --quick's settings, then what the user typed."""
-    return RunConfig(**{**DEFAULTS, **(QUICK if quick else {}), **given_options(ctx, options)})
+    given = given_options(ctx, options)
+    if "lr" in given:  # one rate, or a retraining sweep whose first rate trains the rest
+        rates = given.pop("lr")
+        given.update(lr=rates[0], retrain_lrs=rates if len(rates) > 1 else None)
+    return RunConfig(**{**DEFAULTS, **(QUICK if quick else {}), **given})
 
 
 def echo_err(message: str) -> None:
@@ -166,9 +202,12 @@ def run_command(ctx, quick, progress, **options):
     config = config_from(ctx, quick, options)
     resolved = config.resolved()
     for name in resolved.ignored_options(given_options(ctx, options)):
+        method = (f"--scorer {resolved.scorer}" if resolved.scorer_removes_filters()
+                  else f"--thresholder {resolved.thresholder}")
         echo_err(f"warning: --{name.replace('_', '-')} does not apply to --mode {config.mode} "
-                 f"with --thresholder {resolved.thresholder}"
-                 f"{' and --rewind' if config.rewind else ''}; ignored")
+                 f"with {method}{' and --rewind' if config.rewind else ''}"
+                 f"{' and --retrain-from-scratch' if resolved.options_used() & {'retrain_from_scratch'} and config.retrain_from_scratch else ''}; "
+                 "ignored")
     result = run(config, show_progress=progress,
                  warn=lambda message: echo_err(f"warning: {message}"))
     click.echo(format_summary(result.report))

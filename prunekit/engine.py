@@ -4,7 +4,6 @@ The CLI is a thin layer over ``run(RunConfig(...))``.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import sys
@@ -29,8 +28,13 @@ from .modes import MODES
 from .pruning import PruneResult
 from .models import build_model
 from .registry import default_registry, plugin_info
+from .models.surgery import kept_channels, shrink_to
 from .report import delta_t, load_baseline
+from .retrain import SELECTION_SHARE, check_select_metric
+from .structured import check_structured
+from .task_weighting import AdaptiveTaskWeights
 from .tasks import build_tasks
+from .timing import add_seconds, timed
 from .training import Progress, evaluate, no_progress, to_device, train
 
 DEFAULT_TASKS = ("seg", "depth", "normal")
@@ -44,6 +48,10 @@ MODE_OPTIONS = {
     "drop_fraction": ("dynamic",),
 }
 LEARNED_THRESHOLD_OPTIONS = {"theta_init", "theta_lr", "theta_decay"}  # soft-threshold
+# iterative mode with a filter scorer (prunekit.structured) reads these instead of the rounds'
+TASK_WEIGHTINGS = ("fixed", "adaptive")
+STRUCTURED_OPTIONS = {"params_ratio", "prune_interval", "filters_per_prune",
+                      "retrain_from_scratch", "select_metric"}
 
 
 @dataclass
@@ -90,6 +98,14 @@ class RunConfig:
     theta_init: float = -6.0                 # soft-threshold: initial theta, alpha = sigmoid(theta)
     theta_lr: float = 0.1                    # soft-threshold: Adam learning rate of the thetas
     theta_decay: float = 0.1                 # soft-threshold: L2 decay pushing the thresholds up
+    params_ratio: float | None = None        # structured: parameters kept; None: 1 - sparsity
+    prune_interval: int = 10                 # structured: training steps between removals
+    filters_per_prune: int | None = None     # structured: None is 5% of the candidate channels
+    retrain_from_scratch: bool = False       # structured: fresh weights instead of fine-tuning
+    retrain_lrs: tuple[float, ...] | None = None  # structured: the sweep; None is (lr,)
+    select_metric: str = "delta_t"           # structured: how the sweep's winner is chosen
+    task_weighting: str = "fixed"            # fixed (every loss weighs 1) | adaptive (AdapMTL)
+    window: int = 400                        # adaptive task weighting: losses per task averaged
 
     def resolved(self) -> "RunConfig":
         """A copy with the mode's default scorer and thresholder and the fine-tuning budget."""
@@ -115,19 +131,36 @@ class RunConfig:
             used.discard("finetune_lr")  # rewound rounds retrain at --lr
         if self.thresholder_learns():
             used |= LEARNED_THRESHOLD_OPTIONS
+        if self.task_weighting == "adaptive":
+            used.add("window")
+        if self.mode == "iterative" and self.scorer_removes_filters():
+            used = (used - {"prune_rounds"}) | STRUCTURED_OPTIONS
+            if self.retrain_from_scratch:
+                used.discard("finetune_iterations")  # retraining runs for --iterations
+            else:
+                used.discard("select_metric")
         return used
 
     def thresholder_learns(self) -> bool:
-        if self.thresholder is None:  # not resolved yet
-            return False
+        return self.plugin_flag("thresholder", self.thresholder, "learns", False)
+
+    def scorer_removes_filters(self) -> bool:
+        return self.plugin_flag("scorer", self.scorer, "granularity", "element") == "filter"
+
+    @staticmethod
+    def plugin_flag(kind: str, name: str | None, flag: str, unknown):
+        """A plugin's class attribute, or ``unknown`` when the name is unset or unknown."""
+        if name is None:  # not resolved yet
+            return unknown
         try:
-            return default_registry().get("thresholder", self.thresholder).learns
-        except PrunekitError:  # unknown or unset: the run's own checks report it
-            return False
+            return getattr(default_registry().get(kind, name), flag)
+        except PrunekitError:  # unknown: the run's own checks report it
+            return unknown
 
     def ignored_options(self, given: Iterable[str]) -> list[str]:
         """Those of ``given`` (option names) that only other modes read."""
-        specific = MODE_OPTIONS.keys() | LEARNED_THRESHOLD_OPTIONS
+        specific = (MODE_OPTIONS.keys() | LEARNED_THRESHOLD_OPTIONS | STRUCTURED_OPTIONS
+                    | {"window"})
         return [name for name in given if name in specific and name not in self.options_used()]
 
     def validate(self) -> None:
@@ -140,7 +173,9 @@ class RunConfig:
         positive = {"width": self.width, "batch size": self.batch_size, "lr": self.lr,
                     "score batches": self.score_batches, "prune rounds": self.prune_rounds,
                     "update interval": self.update_interval, "finetune lr": self.finetune_lr,
-                    "theta lr": self.theta_lr}
+                    "theta lr": self.theta_lr, "prune interval": self.prune_interval,
+                    "filters per prune": self.filters_per_prune,
+                    **{"lr": lr for lr in self.retrain_lrs or ()}}
         for what, value in positive.items():
             if value is not None and not value > 0:
                 raise PrunekitError(f"{what} must be positive, got {value}")
@@ -156,6 +191,16 @@ class RunConfig:
             raise PrunekitError(f"drop fraction must be in (0, 1], got {self.drop_fraction}")
         if self.theta_decay < 0:
             raise PrunekitError(f"theta decay must be >= 0, got {self.theta_decay}")
+        if self.task_weighting not in TASK_WEIGHTINGS:
+            raise UnknownNameError("task weighting", self.task_weighting, TASK_WEIGHTINGS)
+        if self.window < 2:
+            raise PrunekitError(f"window must be at least 2 losses, got {self.window}")
+        if self.params_ratio is not None and not 0 < self.params_ratio < 1:
+            raise PrunekitError(f"params ratio must be strictly between 0 and 1, "
+                                f"got {self.params_ratio}")
+        if self.retrain_lrs and len(self.retrain_lrs) > 1 and not self.retrain_from_scratch:
+            raise PrunekitError("several --lr values are a learning-rate sweep for "
+                                "--retrain-from-scratch; give one --lr, or add the flag")
         self.validate_mode()
 
     def validate_mode(self) -> None:
@@ -176,7 +221,7 @@ class RunConfig:
 
 # Settings that make a run take seconds: for checking an installation, and for tests.
 QUICK = dict(width=0.125, image_size=(32, 40), iterations=4, score_batches=1, batch_size=2,
-             val_samples=4, prune_rounds=2, update_interval=1)
+             val_samples=4, prune_rounds=2, update_interval=1, prune_interval=1)
 
 
 @dataclass
@@ -233,24 +278,11 @@ def default_out_dir(config: RunConfig, per_task: bool) -> Path:
                          else f"{config.scorer}-{config.arbiter}" if per_task else config.scorer)
 
 
-@contextlib.contextmanager
-def timed(timings: dict, phase: str):
-    """Add the seconds spent in the block to ``timings[phase]``."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        add_seconds(timings, phase, time.perf_counter() - start)
-
-
-def add_seconds(timings: dict, phase: str, seconds: float) -> None:
-    timings[phase] = round(timings.get(phase, 0.0) + seconds, 3)
-
-
 def plugin_record(config: RunConfig, per_task: bool, thresholder: Thresholder | None) -> dict:
     """Name, distribution and version of every plugin the run uses."""
     used = ({} if config.dense
             else {"thresholder": config.thresholder} if thresholder.learns
+            else {"scorer": config.scorer} if config.scorer_removes_filters()
             else {"scorer": config.scorer, "thresholder": config.thresholder})
     if used and per_task:
         used["arbiter"] = config.arbiter
@@ -288,6 +320,7 @@ class Run:
         self.config = config.resolved()
         self.progress, self.print_warning = progress, warn
         self.timings: dict[str, float] = {}
+        self.achieved_sparsity: dict | None = None  # set by modes that remove whole channels
         self.started = time.perf_counter()
         self.report: dict = {"prunekit_version": __version__, "config": self.config.as_dict(),
                              "complete": False, "warnings": [], "training": []}
@@ -315,13 +348,15 @@ class Run:
                                     f"training from scratch; use it with --mode static, not "
                                     f"{config.mode}")
             self.scorer, self.per_task = None, False  # nothing is scored
-        elif self.scorer and self.scorer.granularity != "element":
-            raise PrunekitError(f"scorer {config.scorer!r} scores whole filters, and prunekit "
-                                "run does not remove filters yet; compute filter importances "
-                                "from Python with the scorer's score()")
+        elif self.scorer and self.scorer.granularity == "filter":
+            check_filter_mode(config)
         elif self.scorer:
             check_arbiter(self.scorer, self.arbiter, len(config.tasks))
             MODES[config.mode].check(self)
+        if config.retrain_from_scratch and not config.scorer_removes_filters():
+            raise PrunekitError("--retrain-from-scratch re-initialises the architecture that "
+                                "structured pruning found; use it with a filter scorer (taylor, "
+                                "cosprune) in --mode iterative")
         if config.init_checkpoint:
             check_checkpoint_path(config.init_checkpoint)
         if config.out:
@@ -336,6 +371,10 @@ class Run:
         self.out_dir = Path(config.out) if config.out else default_out_dir(config, self.per_task)
         with timed(self.timings, "setup"):
             self.build()
+            if config.retrain_from_scratch:
+                check_select_metric(config.select_metric, self.tasks)
+            if config.scorer_removes_filters() and not config.dense:
+                check_structured(self)
 
     def build(self) -> None:
         config = self.config
@@ -347,13 +386,35 @@ class Run:
         if 0 < config.val_samples < len(val_set):
             val_set = Subset(val_set, range(config.val_samples))
         self.tasks = build_tasks(config.tasks, train_set)
+        if config.retrain_from_scratch:  # the sweep is judged on training samples held out
+            train_set, selection_set = hold_out(train_set, SELECTION_SHARE, config.val_samples)
+            self.selection_loader = self.loader(selection_set, shuffle=False)
         channels = {name: task.channels for name, task in self.tasks.items()}
         self.model = build_model(config.model, channels, config.width).to(self.device)
         if config.init_checkpoint:
-            load_weights(self.model, config.init_checkpoint)
-        self.layout = self.model.layout().for_tasks(config.tasks).resolve(self.model)
+            load_weights(self.model, config.init_checkpoint, self.model_record())
+        self.relayout()
+        self.task_weights = self.adaptive_task_weights() if config.task_weighting == "adaptive" \
+            else None
         self.train_loader = self.loader(train_set, shuffle=True)
         self.val_loader = self.loader(val_set, shuffle=False)
+
+    def adaptive_task_weights(self) -> AdaptiveTaskWeights:
+        """AdapMTL weighting; each task's scale is the parameters its loss trains (the shared
+        trunk and its head) over the mean of that count across tasks."""
+        layout, config = self.layout, self.config
+        trained = {task: layout.numel(layout.shared) + layout.numel(names)
+                   for task, names in layout.heads.items()}
+        mean = sum(trained.values()) / len(trained)
+        if config.window >= config.iterations:
+            self.warn(f"adaptive task weighting starts once --window {config.window} losses are "
+                      f"in, and --iterations is {config.iterations}; the weights may stay 1")
+        return AdaptiveTaskWeights(config.tasks, config.window,
+                                   {task: n / mean for task, n in trained.items()})
+
+    def relayout(self) -> None:
+        """Resolve the layout against the model's current modules (after filter removal too)."""
+        self.layout = self.model.layout().for_tasks(self.config.tasks).resolve(self.model)
 
     def loader(self, dataset, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.config.seed)
@@ -385,7 +446,8 @@ class Run:
         """Train for ``iterations`` steps; the seconds go to ``timings[phase]``."""
         with timed(self.timings, phase):
             history = train(self.model, self.tasks, self.train_loader, iterations, lr, masks,
-                            self.device, self.progress, phase, after_step, extra_groups)
+                            self.device, self.progress, phase, after_step, extra_groups,
+                            self.task_weights)
         self.report["training"].append({
             "phase": phase, "iterations": iterations, "lr": lr,
             "first_loss": history[0] if history else None,
@@ -406,13 +468,17 @@ class Run:
         with timed(self.timings, "evaluation"):
             metrics = evaluate(self.model, self.tasks, self.val_loader, self.device,
                                self.progress)
-        sparsity = sparsity_summary(masks, self.layout)
+        sparsity = self.achieved_sparsity or sparsity_summary(masks, self.layout)
         self.report.update({
             "sparsity": {"requested": 0.0 if config.dense else config.sparsity, **sparsity},
             "metrics": metrics,
             "parameters": {"total": sum(p.numel() for p in self.model.parameters()),
                            "prunable": self.layout.numel(self.layout.params)},
         })
+        if self.task_weights:
+            self.report["task_weighting"] = {"window": config.window,
+                                             "scales": self.task_weights.scales,
+                                             "final_weights": self.task_weights.weights}
         if self.baseline:
             self.report["delta_t"] = delta_t(metrics, self.baseline["metrics"], self.tasks)
         save_torch(self.out_dir / "checkpoint.pt", self.checkpoint(masks))
@@ -422,9 +488,16 @@ class Run:
         return {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "masks": {name: mask.cpu() for name, mask in masks.items()},
-            "config": {"model": self.config.model, "width": self.config.width,
-                       "task_channels": {n: t.channels for n, t in self.tasks.items()}},
+            "config": {**self.model_record(),
+                       # a structured run's model is smaller than the one the builder makes
+                       **({"channels": kept_channels(self.model)}
+                          if self.achieved_sparsity else {})},
         }
+
+    def model_record(self) -> dict:
+        """What rebuilds the run's model: builder name, width and the tasks' output channels."""
+        return {"model": self.config.model, "width": self.config.width,
+                "task_channels": {n: t.channels for n, t in self.tasks.items()}}
 
     def finish(self, error: BaseException | None) -> None:
         """Write report.json: complete only when the run finished; never a stale checkpoint."""
@@ -454,6 +527,27 @@ def run(config: RunConfig, show_progress: bool = False, warn=print_warning) -> R
     return RunResult(current.report, current.out_dir)
 
 
+def check_filter_mode(config: RunConfig) -> None:
+    if config.mode != "iterative":
+        raise PrunekitError(f"scorer {config.scorer!r} scores whole filters; use --mode "
+                            f"iterative, which removes the lowest-scored channels while training, "
+                            f"not --mode {config.mode}")
+    if config.rewind:
+        raise PrunekitError("--rewind resets surviving weights of an element-wise mask; a "
+                            "structured run changes the architecture (see --retrain-from-scratch)")
+
+
+def hold_out(dataset, share: float, most: int) -> tuple[Subset, Subset]:
+    """The dataset without its last ``share`` (at least one sample, at most ``most`` when
+    positive), and those samples."""
+    held = max(1, min(int(len(dataset) * share), most if most > 0 else len(dataset)))
+    if held >= len(dataset):
+        raise PrunekitError(f"the training split has {len(dataset)} sample(s); holding some out "
+                            "to choose the retraining learning rate needs at least 2")
+    cut = len(dataset) - held
+    return Subset(dataset, range(cut)), Subset(dataset, range(cut, len(dataset)))
+
+
 def check_out_dir(path: str | Path) -> None:
     if Path(path).exists() and not Path(path).is_dir():
         raise PrunekitError(f"output folder {str(path)!r} is an existing file")
@@ -479,12 +573,24 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return checkpoint
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a checkpoint's weights into ``model``; a mismatch is one clear error."""
+def load_weights(model: torch.nn.Module, path: str | Path, expected: dict | None = None) -> None:
+    """Load a checkpoint's weights into ``model``; a mismatch is one clear error.
+
+    ``expected`` (model name, width, task channels) is compared with what the checkpoint was
+    written for. A checkpoint of a structured run first shrinks ``model`` to its channel counts.
+    """
     checkpoint = read_checkpoint(path, next(model.parameters()).device)
+    written_for = checkpoint.get("config", {})
+    for key, value in (expected or {}).items():
+        if key in written_for and written_for[key] != value:
+            raise PrunekitError(f"checkpoint {str(path)!r} does not fit this model: it was "
+                                f"written for {key} {written_for[key]}, not {value}")
     try:
+        channels = written_for.get("channels")
+        if channels:
+            shrink_to(model, channels)
         model.load_state_dict(checkpoint["model"], strict=True)
-    except (RuntimeError, TypeError, AttributeError) as exc:
+    except (RuntimeError, TypeError, AttributeError, KeyError, PrunekitError) as exc:
         raise PrunekitError(f"checkpoint {str(path)!r} does not fit this model (same --model, "
                             f"--width and --tasks?): {one_line(exc, 300)}") from exc
 
@@ -494,5 +600,5 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     checkpoint = read_checkpoint(path, device)
     config = checkpoint["config"]
     model = build_model(config["model"], config["task_channels"], config["width"])
-    model.load_state_dict(checkpoint["model"], strict=True)
+    load_weights(model, path)
     return model.to(device), checkpoint["masks"]

@@ -5,7 +5,8 @@
 - ``dynamic``: RigL: random masks with ERK densities, drop and grow during training.
 - ``iterative``: train dense, then prune a share and fine-tune, round after round, until the
   sparsity is reached; ``--rewind`` resets the survivors to their initial values each round
-  (lottery tickets).
+  (lottery tickets). With a filter scorer (taylor, cosprune) whole channels are removed while
+  training, and the model is rebuilt smaller (``prunekit.structured``).
 
 Static mode with a learning thresholder (``soft-threshold``) scores nothing: the thresholds
 learn with the weights (``learned``). Each mode returns the final masks of the model it trained.
@@ -24,6 +25,7 @@ from .plots import save_sparsity_history
 from .registry import default_registry, plugin_info
 from .rigl import RigLSchedule, RigLUpdater
 from .soft_threshold import ComponentThresholds
+from .structured import structured_iterative
 
 if TYPE_CHECKING:
     from .engine import Run
@@ -84,6 +86,8 @@ def round_sparsities(sparsity: float, rounds: int) -> list[float]:
 
 def iterative(run: "Run") -> Masks:
     config = run.config
+    if run.scorer.granularity == "filter":
+        return structured_iterative(run)
     initial = ({k: v.detach().clone() for k, v in run.model.state_dict().items()}
                if config.rewind else None)
     run.pretrain()

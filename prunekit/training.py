@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from .errors import NonFiniteLossError
 from .masks import AppliedMasks
+from .task_weighting import AdaptiveTaskWeights
 from .tasks import Task
 
 Progress = Callable[[Iterable, str], Iterable]
@@ -42,13 +43,15 @@ def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, itera
           lr: float, masks: AppliedMasks | None, device: torch.device,
           progress: Progress = no_progress, label: str = "training",
           after_step: AfterStep | None = None,
-          extra_groups: list[dict] | None = None) -> list[dict[str, float]]:
+          extra_groups: list[dict] | None = None,
+          task_weights: AdaptiveTaskWeights | None = None) -> list[dict[str, float]]:
     """Adam on the summed task losses with cosine learning-rate decay.
 
     With ``masks``, pruned weights get zero gradients and are re-zeroed after each step, so they
     stay exactly zero. ``label`` names the phase in progress bars and errors. ``extra_groups``
     are Adam parameter groups with their own settings (learnable thresholds); every other
-    parameter trains at ``lr``. Returns the per-task losses of every step.
+    parameter trains at ``lr``. With ``task_weights`` the sum is weighted by its current weights,
+    and each step's losses update them. Returns the per-task losses of every step.
     """
     model.train()
     extra_groups = extra_groups or []
@@ -66,7 +69,8 @@ def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, itera
         for name, loss in losses.items():
             check_loss(name, loss, f"{label} step {step}")
         optimiser.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
+        weights = task_weights.weights if task_weights else {}
+        sum(weights.get(name, 1.0) * loss for name, loss in losses.items()).backward()
         if masks is not None:
             masks.zero_pruned_gradients()
         optimiser.step()
@@ -76,6 +80,8 @@ def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, itera
         if after_step is not None:
             after_step(step, batch, optimiser)
         history.append({name: float(loss.detach()) for name, loss in losses.items()})
+        if task_weights is not None:
+            task_weights.update(history[-1])
     return history
 
 

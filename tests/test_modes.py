@@ -184,6 +184,7 @@ class FakeIterativeRun:
         self.config = RunConfig(mode="iterative", sparsity=0.8, prune_rounds=3, lr=1e-2,
                                 **settings).resolved()
         self.model, self.tasks = model, tasks
+        self.scorer = default_registry().get("scorer", self.config.scorer)
         self.layout = model.layout().resolve(model)
         self.report = {}
         self.initial = self.state()

@@ -1,53 +1,139 @@
-"""Filter removal on DeepLab-ResNet: rebuild layers without pruned filters (a smaller dense model).
+"""Filter removal on DeepLab-ResNet: rebuild layers without removed channels (a smaller model).
 
-A filter mask keeps or removes whole output channels of a convolution. Removing a channel takes
-the filter out of its convolution, the channel out of the BatchNorm that follows, and the input
-channel out of the convolution that reads it. The removable filters are those whose channel stays
-inside one block: ``conv1`` of every residual block (its channel is read only by ``conv2``) and
-the first two convolutions of every ASPP branch (their channels are read only by the next 1x1
-convolution). Channels of the residual stream (the stem, ``conv2`` and downsample convolutions)
-are added across blocks and are not removed here; neither are the heads' output channels.
+Channels are removed by *channel group*: a set of channels written by one or more convolutions
+(the producers, each with the BatchNorm after it or none) and read by other convolutions (the
+readers). Removing channel ``i`` of a group takes filter ``i`` out of every producer, channel ``i``
+out of their BatchNorms and input channel ``i`` out of every reader, so the rest of the network
+sees the same values. A group is named by the weight of its first producer. The groups are found
+by walking the modules:
 
-``zero_filters`` gives the masked equivalent, the same function with the channels held at zero,
-so the two can be compared.
+* block-internal: ``<block>.conv1.weight`` per ``BasicBlock``: ``conv1`` + ``bn1``, read by
+  ``conv2``;
+* ASPP hidden: ``<branch>.0.weight`` and ``<branch>.3.weight`` per ``ASPPBranch``: convolution
+  0 read by 3, convolution 3 read by 6 (no BatchNorm);
+* residual stream of a ``DilatedResNet``: the stem (``conv1`` + ``bn1``) starts a stream; a block
+  without downsample reads it with ``conv1`` and adds to it with ``conv2`` + ``bn2`` (the identity
+  shortcut carries it through, so the channel leaves the block's input and output together); a
+  block with downsample reads it with ``conv1`` and ``downsample.0`` and starts a new stream,
+  ``<block>.downsample.0.weight``, written by ``downsample.0`` + ``.1`` and ``conv2`` + ``bn2``.
+  The last stream is the backbone's output: it is a group only where its readers are known, in a
+  ``MultiTaskDeepLab`` whose heads are ASPP heads (convolution 0 of every branch of every head).
+
+The heads' output channels are never removed. ``zero_filters`` gives the masked equivalent: the
+producers' filters and BatchNorm scale and shift are zeroed, so in evaluation mode the channel is
+zero after the BatchNorm, stays zero through residual sums, ReLU and max pooling, and the readers
+see nothing from it; the smaller model computes the same function.
 """
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 from torch import nn
 
-from ..errors import PrunekitError
-from .deeplab import ASPPBranch, BasicBlock
+from ..errors import PrunekitError, UnknownNameError
+from .deeplab import ASPPBranch, ASPPHead, BasicBlock, DilatedResNet, MultiTaskDeepLab
 
-# {name of a removable conv weight: bool tensor of shape (out_channels,), True = keep}
+# {channel group name: bool tensor of shape (channels,), True = keep}
 FilterMasks = dict[str, torch.Tensor]
 
 
-def removable_filters(model: nn.Module) -> Iterator[tuple[str, nn.Conv2d, nn.Module | None,
-                                                          nn.Conv2d]]:
-    """(weight name, conv, its BatchNorm or None, the conv reading its channels), in model order."""
+@dataclass
+class ChannelGroup:
+    name: str
+    producers: list[tuple[str, nn.Conv2d, nn.Module | None]]
+    readers: list[nn.Conv2d] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return self.producers[0][1].out_channels
+
+    def removal_cost(self) -> int:
+        """Parameters removed per channel removed, at the current shapes."""
+        def per_channel(conv: nn.Conv2d, channels: int) -> int:
+            return channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+
+        cost = sum(per_channel(conv, conv.out_channels) for conv in self.readers)
+        for _, conv, bn in self.producers:
+            cost += per_channel(conv, conv.in_channels) + (conv.bias is not None)
+            cost += 2 if bn is not None and bn.affine else 0
+        return cost
+
+    def weight_names(self) -> list[str]:
+        return [name for name, _, _ in self.producers]
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _stream_groups(prefix: str, net: DilatedResNet,
+                   output_readers: list[nn.Conv2d] | None) -> list[ChannelGroup]:
+    """The residual streams of ``net``; the last only when ``output_readers`` are known."""
+    stream = ChannelGroup(_join(prefix, "conv1.weight"),
+                          [(_join(prefix, "conv1.weight"), net.conv1, net.bn1)])
+    streams = [stream]
+    for name, block in net.named_modules(prefix=prefix):
+        if not isinstance(block, BasicBlock):
+            continue
+        stream.readers.append(block.conv1)
+        if block.downsample is not None:
+            stream.readers.append(block.downsample[0])
+            name0 = _join(name, "downsample.0.weight")
+            stream = ChannelGroup(name0, [(name0, block.downsample[0], block.downsample[1])])
+            streams.append(stream)
+        stream.producers.append((_join(name, "conv2.weight"), block.conv2, block.bn2))
+    if output_readers is None:
+        return streams[:-1]
+    stream.readers.extend(output_readers)
+    return streams
+
+
+def _backbone_readers(model: MultiTaskDeepLab) -> list[nn.Conv2d] | None:
+    heads = list(model.heads.values())
+    if not all(isinstance(head, ASPPHead) for head in heads):
+        return None
+    return [branch[0] for head in heads for branch in head.branches]
+
+
+def channel_groups(model: nn.Module) -> list[ChannelGroup]:
+    """The removable channel groups of ``model``, ordered by their first producer in the model."""
+    output_readers = {id(m.backbone): _backbone_readers(m) for m in model.modules()
+                      if isinstance(m, MultiTaskDeepLab)}
+    groups = []
     for name, module in model.named_modules():
-        prefix = f"{name}." if name else ""
         if isinstance(module, BasicBlock):
-            yield f"{prefix}conv1.weight", module.conv1, module.bn1, module.conv2
+            weight = _join(name, "conv1.weight")
+            groups.append(ChannelGroup(weight, [(weight, module.conv1, module.bn1)],
+                                       [module.conv2]))
         elif isinstance(module, ASPPBranch):
-            yield f"{prefix}0.weight", module[0], None, module[3]
-            yield f"{prefix}3.weight", module[3], None, module[6]
+            for conv, reader in ((0, 3), (3, 6)):
+                weight = _join(name, f"{conv}.weight")
+                groups.append(ChannelGroup(weight, [(weight, module[conv], None)],
+                                           [module[reader]]))
+        elif isinstance(module, DilatedResNet):
+            groups += _stream_groups(name, module, output_readers.get(id(module)))
+    order = {id(module): index for index, module in enumerate(model.modules())}
+    return sorted(groups, key=lambda group: order[id(group.producers[0][1])])
 
 
-def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    known = {name: conv for name, conv, _, _ in removable_filters(model)}
+def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> list[ChannelGroup]:
+    """The model's channel groups, after checking ``masks`` against them."""
+    groups = channel_groups(model)
+    by_name = {group.name: group for group in groups}
     for name, mask in masks.items():
-        if name not in known:
-            raise PrunekitError(f"{name!r} is not a removable filter tensor; removable: "
-                                f"conv1 of residual blocks and the first two ASPP convolutions")
-        if mask.shape != (known[name].out_channels,) or mask.dtype != torch.bool:
+        if name not in by_name:
+            raise UnknownNameError("removable channel group", name, by_name)
+        channels = by_name[name].channels
+        if (not isinstance(mask, torch.Tensor) or mask.shape != (channels,)
+                or mask.dtype != torch.bool):
             raise PrunekitError(f"filter mask of {name!r} must be a bool tensor of shape "
-                                f"({known[name].out_channels},)")
+                                f"({channels},)")
         if not mask.any():
-            raise PrunekitError(f"filter mask of {name!r} removes every filter; keep at least one")
+            raise PrunekitError(f"filter mask of {name!r} removes every channel of the group; "
+                                f"keep at least one")
+    return groups
 
 
 def sliced_conv(conv: nn.Conv2d, out_keep: torch.Tensor | None = None,
@@ -70,8 +156,9 @@ def sliced_conv(conv: nn.Conv2d, out_keep: torch.Tensor | None = None,
 
 
 def sliced_batchnorm(bn: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
+    reference = next(iter(bn.buffers()), None) if bn.weight is None else bn.weight
     copy = nn.BatchNorm2d(int(keep.sum()), bn.eps, bn.momentum, bn.affine,
-                          bn.track_running_stats).to(bn.weight.device, bn.weight.dtype)
+                          bn.track_running_stats).to(reference.device, reference.dtype)
     with torch.no_grad():
         for attribute in ("weight", "bias", "running_mean", "running_var"):
             source = getattr(bn, attribute)
@@ -82,50 +169,76 @@ def sliced_batchnorm(bn: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
     return copy.train(bn.training)  # a new module starts in training mode
 
 
-def replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    for name, module in model.named_modules():
-        for child_name, child in module.named_children():
-            if child is old:
-                setattr(module, child_name, new)
-                return
-    raise KeyError("module not found in model")
-
-
 @torch.no_grad()
 def remove_filters(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
-    """Rebuild, in place, every layer touched by ``masks`` without the removed filters."""
-    check_masks(model, masks)
-    names = [name for name, *_ in removable_filters(model) if name in masks]
-    for name in names:
-        # looked up afresh: the conv may already have been rebuilt as the reader of another
-        _, conv, bn, reader = next(f for f in removable_filters(model) if f[0] == name)
-        keep = masks[name].to(conv.weight.device)
-        replace(model, conv, sliced_conv(conv, out_keep=keep))
-        if bn is not None:
-            replace(model, bn, sliced_batchnorm(bn, keep))
-        replace(model, reader, sliced_conv(reader, in_keep=keep))
+    """Rebuild, in place, every layer touched by ``masks`` (keyed by group name) without the
+    removed channels. A convolution both producing one group and reading another is rebuilt once.
+    """
+    out_keep, in_keep, bn_keep = {}, {}, {}  # module -> bool keep tensor
+    for group in check_masks(model, masks):
+        if group.name not in masks:
+            continue
+        keep = masks[group.name].to(group.producers[0][1].weight.device)
+        for _, conv, bn in group.producers:
+            out_keep[conv] = keep
+            if bn is not None:
+                bn_keep[bn] = keep
+        for conv in group.readers:
+            in_keep[conv] = keep
+    new = {conv: sliced_conv(conv, out_keep.get(conv), in_keep.get(conv))
+           for conv in dict.fromkeys([*out_keep, *in_keep])}
+    new.update((bn, sliced_batchnorm(bn, keep)) for bn, keep in bn_keep.items())
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if child in new:
+                setattr(module, child_name, new[child])
+    for net in model.modules():
+        if isinstance(net, DilatedResNet):
+            blocks = [m for m in net.modules() if isinstance(m, BasicBlock)]
+            net.out_channels = (blocks[-1].conv2 if blocks else net.conv1).out_channels
     return model
 
 
 @torch.no_grad()
 def zero_filters(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
-    """The masked equivalent of ``remove_filters``: removed channels produce exactly zero.
+    """The masked equivalent of ``remove_filters``: removed channels are exactly zero.
 
-    The filter's weights and bias, and its BatchNorm's scale and shift, are zeroed, so the
-    channel is zero after the BatchNorm (in evaluation mode) and the reader sees nothing from it.
+    Every producer's filter weights and bias, and its BatchNorm's scale and shift, are zeroed, so
+    the channel is zero after the BatchNorm (in evaluation mode) wherever it is written.
     """
-    check_masks(model, masks)
-    for name, conv, bn, _ in removable_filters(model):
-        if name not in masks:
+    for group in check_masks(model, masks):
+        if group.name not in masks:
             continue
-        removed = ~masks[name].to(conv.weight.device)
-        conv.weight[removed] = 0
-        if conv.bias is not None:
-            conv.bias[removed] = 0
-        if bn is not None:
-            bn.weight[removed] = 0
-            bn.bias[removed] = 0
+        removed = ~masks[group.name].to(group.producers[0][1].weight.device)
+        for _, conv, bn in group.producers:
+            conv.weight[removed] = 0
+            if conv.bias is not None:
+                conv.bias[removed] = 0
+            if bn is not None:
+                bn.weight[removed] = 0
+                bn.bias[removed] = 0
     return model
+
+
+def kept_channels(model: nn.Module) -> dict[str, int]:
+    """{channel group name: its number of channels now}."""
+    return {group.name: group.channels for group in channel_groups(model)}
+
+
+def shrink_to(model: nn.Module, counts: Mapping[str, int]) -> nn.Module:
+    """``remove_filters`` keeping the first ``counts[name]`` channels of each named group: gives a
+    model the shapes of an exported smaller one, ready for its ``load_state_dict``."""
+    channels = kept_channels(model)
+    masks = {}
+    for name, count in counts.items():
+        if name not in channels:
+            raise UnknownNameError("removable channel group", name, channels)
+        if int(count) > channels[name]:
+            raise PrunekitError(f"channel group {name!r} has {channels[name]} channels; "
+                                f"cannot shrink it to {int(count)}")
+        if int(count) < channels[name]:  # unchanged groups are left as they are
+            masks[name] = torch.arange(channels[name]) < int(count)
+    return remove_filters(model, masks)
 
 
 def count_parameters(model: nn.Module) -> int:
