@@ -470,7 +470,7 @@ class Run:
                                self.progress)
         sparsity = self.achieved_sparsity or sparsity_summary(masks, self.layout)
         self.report.update({
-            "sparsity": {"requested": 0.0 if config.dense else config.sparsity, **sparsity},
+            "sparsity": {"requested": self.requested_sparsity(), **sparsity},
             "metrics": metrics,
             "parameters": {"total": sum(p.numel() for p in self.model.parameters()),
                            "prunable": self.layout.numel(self.layout.params)},
@@ -483,6 +483,13 @@ class Run:
             self.report["delta_t"] = delta_t(metrics, self.baseline["metrics"], self.tasks)
         save_torch(self.out_dir / "checkpoint.pt", self.checkpoint(masks))
         return self.report
+
+    def requested_sparsity(self) -> float | None:
+        """None when a structured run's budget is a share of parameters instead."""
+        config = self.config
+        if config.dense:
+            return 0.0
+        return None if self.achieved_sparsity and config.params_ratio else config.sparsity
 
     def checkpoint(self, masks: Masks) -> dict:
         return {

@@ -62,8 +62,23 @@ def format_summary(report: dict) -> str:
     sparsity = report["sparsity"]
     heads = ", ".join(f"{t} head {s:.3f}" for t, s in sparsity["heads"].items())
     lines.append("")
-    lines.append(f"sparsity  requested {sparsity['requested']:.3f}  achieved "
+    requested = ("" if sparsity["requested"] is None
+                 else f"requested {sparsity['requested']:.3f}  ")
+    lines.append(f"sparsity  {requested}achieved "
                  f"{sparsity['achieved']:.3f}  (shared {sparsity['shared']:.3f}, {heads})")
+    if "structured" in report:
+        lines.append(format_structured(report["structured"]))
     lines.append("time      " + "  ".join(f"{phase} {seconds:.1f}s"
                                           for phase, seconds in report["timings"].items()))
     return "\n".join(lines)
+
+
+def format_structured(record: dict) -> str:
+    """Parameters, MACs and latency of a structured run's model, before and after."""
+    before, after = record["before"], record["after"]
+    return (f"model     parameters {before['parameters']:,} -> {after['parameters']:,} "
+            f"({record['budget']['kept']:.3f} of the {record['budget']['measures']} kept, "
+            f"target {record['budget']['target_kept']:.3f})  MACs/image "
+            f"{before['macs_per_image'] / 1e6:.1f}M -> {after['macs_per_image'] / 1e6:.1f}M  "
+            f"latency {before['latency_ms']:.1f} -> {after['latency_ms']:.1f} ms "
+            f"({record['speedup']:.2f}x)")

@@ -147,30 +147,40 @@ class ChannelImportance:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, image: torch.Tensor, repeats: int = 15) -> float:
-    """Median wall-clock milliseconds of one forward pass in evaluation mode."""
-    was_training = model.training
-    model.eval()
-    times = []
+def latencies_ms(models: list[nn.Module], image: torch.Tensor, repeats: int = 21) -> list[float]:
+    """Median wall-clock milliseconds of one forward pass of each model, in evaluation mode.
+
+    The models take turns, so a machine busy for part of the measurement slows each alike.
+    """
+    modes = [model.training for model in models]
+    times: list[list[float]] = [[] for _ in models]
     try:
-        for i in range(repeats + 3):  # the first passes warm caches and allocators
-            if image.is_cuda:
-                torch.cuda.synchronize(image.device)
-            start = time.perf_counter()
-            model(image)
-            if image.is_cuda:
-                torch.cuda.synchronize(image.device)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
+        for model in models:
+            model.eval()
+            for _ in range(3):  # warm caches and allocators
+                model(image)
+        for _ in range(repeats):
+            for model, samples in zip(models, times):
+                synchronise(image)
+                start = time.perf_counter()
+                model(image)
+                synchronise(image)
+                samples.append(time.perf_counter() - start)
     finally:
-        model.train(was_training)
-    return 1000.0 * sorted(times)[len(times) // 2]
+        for model, training in zip(models, modes):
+            model.train(training)
+    return [1000.0 * sorted(samples)[len(samples) // 2] for samples in times]
 
 
-def model_cost(model: nn.Module, image: torch.Tensor) -> dict:
+def synchronise(tensor: torch.Tensor) -> None:
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+
+
+def model_cost(model: nn.Module, image: torch.Tensor, latency: float) -> dict:
     return {"parameters": count_parameters(model),
             "macs_per_image": count_macs(model, tuple(image.shape[-2:])),
-            "latency_ms": round(latency_ms(model, image), 3)}
+            "latency_ms": round(latency, 3)}
 
 
 def sample_image(run: "Run") -> torch.Tensor:
@@ -258,9 +268,7 @@ def structured_iterative(run: "Run") -> Masks:
     config = run.config
     budget, scored = run.structured_budget, run.structured_scored
     run.pretrain()
-    image = sample_image(run)
-    with timed(run.timings, "measuring"):
-        before = model_cost(run.model, image)
+    dense = copy.deepcopy(run.model)  # the latency before and after is measured side by side
     dense_numel = {name: p.numel() for name, p in run.layout.params.items()}
     dense_selection = None
     if config.retrain_from_scratch:
@@ -273,13 +281,16 @@ def structured_iterative(run: "Run") -> Masks:
         sweep = None
         run.train_phase(None, config.finetune_iterations, config.finetune_lr, "finetuning")
     with timed(run.timings, "measuring"):
-        after = model_cost(run.model, image)
+        image = sample_image(run)
+        dense_ms, pruned_ms = latencies_ms([dense, run.model], image)
+        before, after = model_cost(dense, image, dense_ms), model_cost(run.model, image, pruned_ms)
+    del dense
     run.achieved_sparsity = removed_share(dense_numel, run)
     run.report["structured"] = {
         "budget": {"measures": budget.describe(), "target_kept": budget.target,
                    "kept": budget.kept(run.model)},
         "rounds": rounds, "before": before, "after": after,
-        "speedup": before["latency_ms"] / after["latency_ms"] if after["latency_ms"] else None,
+        "speedup": dense_ms / pruned_ms if pruned_ms else None,
         "latency_batch": list(image.shape),
         "channels": kept_channels(run.model),
         "retraining": sweep,
