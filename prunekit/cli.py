@@ -206,7 +206,7 @@ def run_command(ctx, quick, progress, **options):
                   else f"--thresholder {resolved.thresholder}")
         echo_err(f"warning: --{name.replace('_', '-')} does not apply to --mode {config.mode} "
                  f"with {method}{' and --rewind' if config.rewind else ''}"
-                 f"{' and --retrain-from-scratch' if resolved.options_used() & {'retrain_from_scratch'} and config.retrain_from_scratch else ''}; "
+                 f"{' and --retrain-from-scratch' if resolved.retrain_from_scratch else ''}; "
                  "ignored")
     result = run(config, show_progress=progress,
                  warn=lambda message: echo_err(f"warning: {message}"))

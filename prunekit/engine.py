@@ -50,8 +50,8 @@ MODE_OPTIONS = {
 LEARNED_THRESHOLD_OPTIONS = {"theta_init", "theta_lr", "theta_decay"}  # soft-threshold
 # iterative mode with a filter scorer (prunekit.structured) reads these instead of the rounds'
 TASK_WEIGHTINGS = ("fixed", "adaptive")
-STRUCTURED_OPTIONS = {"params_ratio", "prune_interval", "filters_per_prune",
-                      "retrain_from_scratch", "select_metric"}
+# (--retrain-from-scratch elsewhere is an error, not ignored)
+STRUCTURED_OPTIONS = {"params_ratio", "prune_interval", "filters_per_prune", "select_metric"}
 
 
 @dataclass
@@ -394,8 +394,13 @@ class Run:
         if config.init_checkpoint:
             load_weights(self.model, config.init_checkpoint, self.model_record())
         self.relayout()
-        self.task_weights = self.adaptive_task_weights() if config.task_weighting == "adaptive" \
-            else None
+        self.task_weights = None
+        if config.task_weighting == "adaptive":
+            self.task_weights = self.adaptive_task_weights()
+            if config.window >= config.iterations:
+                self.warn(f"adaptive task weighting starts once --window {config.window} losses "
+                          f"are in, and --iterations is {config.iterations}; the weights may "
+                          "stay 1")
         self.train_loader = self.loader(train_set, shuffle=True)
         self.val_loader = self.loader(val_set, shuffle=False)
 
@@ -406,9 +411,6 @@ class Run:
         trained = {task: layout.numel(layout.shared) + layout.numel(names)
                    for task, names in layout.heads.items()}
         mean = sum(trained.values()) / len(trained)
-        if config.window >= config.iterations:
-            self.warn(f"adaptive task weighting starts once --window {config.window} losses are "
-                      f"in, and --iterations is {config.iterations}; the weights may stay 1")
         return AdaptiveTaskWeights(config.tasks, config.window,
                                    {task: n / mean for task, n in trained.items()})
 

@@ -71,6 +71,8 @@ def retrain_from_scratch(run: "Run", dense_selection: dict) -> dict:
     candidates, best, best_state = [], None, None
     for lr in config.retrain_lrs or (config.lr,):
         run.model.load_state_dict(fresh)
+        if run.task_weights:  # each candidate starts its loss history afresh too
+            run.task_weights = run.adaptive_task_weights()
         run.train_phase(None, config.iterations, lr, "retraining")
         with timed(run.timings, "selection"):
             metrics = evaluate_selection(run)

@@ -124,6 +124,12 @@ class ChannelImportance:
 
         Ties go to the earlier group and lower channel, so runs repeat exactly.
         """
+        for name, sums in self.sums.items():
+            if not torch.isfinite(sums).all():
+                channel = int((~torch.isfinite(sums)).nonzero()[0])
+                raise PrunekitError(f"the importance of channel {channel} of {name!r} is "
+                                    f"{float(sums[channel])}; lower --lr, or check the data "
+                                    "for NaN/inf")
         order = list(self.groups)
         ranked = sorted((float(score), order.index(name), channel)
                         for name, sums in self.sums.items()
@@ -135,9 +141,6 @@ class ChannelImportance:
             if removed == count or saved >= needed:
                 break
             name = order[index]
-            if not math.isfinite(score):
-                raise PrunekitError(f"the importance of channel {channel} of {name!r} is "
-                                    f"{score}; lower --lr, or check the data for NaN/inf")
             if int(keep[name].sum()) == 1:
                 continue  # never empty a layer
             keep[name][channel] = False
