@@ -349,7 +349,7 @@ class Run:
                                     f"{config.mode}")
             self.scorer, self.per_task = None, False  # nothing is scored
         elif self.scorer and self.scorer.granularity == "filter":
-            check_filter_mode(config)
+            check_filter_mode(config, self.scorer)
         elif self.scorer:
             check_arbiter(self.scorer, self.arbiter, len(config.tasks))
             MODES[config.mode].check(self)
@@ -536,7 +536,10 @@ def run(config: RunConfig, show_progress: bool = False, warn=print_warning) -> R
     return RunResult(current.report, current.out_dir)
 
 
-def check_filter_mode(config: RunConfig) -> None:
+def check_filter_mode(config: RunConfig, scorer: Scorer) -> None:
+    if scorer.per_task:
+        raise PrunekitError(f"scorer {config.scorer!r} scores filters per task; structured "
+                            "pruning ranks channels by one joint score ({JOINT: ...})")
     if config.mode != "iterative":
         raise PrunekitError(f"scorer {config.scorer!r} scores whole filters; use --mode "
                             f"iterative, which removes the lowest-scored channels while training, "

@@ -666,3 +666,14 @@ def test_adaptive_weighting_uses_the_training_losses_and_warns_on_a_long_window(
     raw = {t: scales[t] / (abs(first[t] - last[t]) / abs(last[t])) for t in TASKS}
     expected = {t: len(TASKS) * raw[t] / sum(raw.values()) for t in TASKS}
     assert report["task_weighting"]["final_weights"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_per_task_filter_scorer_is_refused():
+    from types import SimpleNamespace
+
+    from prunekit.engine import check_filter_mode
+
+    config = RunConfig(mode="iterative", scorer="my-filters")
+    with pytest.raises(PrunekitError, match="per task"):
+        check_filter_mode(config, SimpleNamespace(per_task=True))
+    check_filter_mode(config, SimpleNamespace(per_task=False))  # a joint one is fine

@@ -22,7 +22,7 @@ from prunekit.saliency import preserved_state, task_losses
 
 class TaylorScorer(GradientScorer):
     name = "taylor"
-    description = "Taylor filter importance (sum over a filter of w * dL/dw)^2; Python API only"
+    description = "Taylor filter importance (sum over a filter of w * dL/dw)^2"
     per_task = False
     granularity = "filter"
 
@@ -42,7 +42,7 @@ def pairwise_filter_cosine(grads: list[torch.Tensor]) -> torch.Tensor:
 
 class CosPruneScorer(Scorer):
     name = "cosprune"
-    description = "CosPrune: per shared filter, summed task-gradient cosines; Python API only"
+    description = "CosPrune: per shared filter, summed task-gradient cosines"
     per_task = False
     granularity = "filter"
 
