@@ -131,8 +131,8 @@ class ChannelImportance:
                                     f"{float(sums[channel])}; lower --lr, or check the data "
                                     "for NaN/inf")
         order = list(self.groups)
-        ranked = sorted((float(score), order.index(name), channel)
-                        for name, sums in self.sums.items()
+        ranked = sorted((score, index, channel)
+                        for index, sums in enumerate(self.sums.values())
                         for channel, score in enumerate(sums.tolist()))
         keep = {name: torch.ones(group.channels, dtype=torch.bool)
                 for name, group in self.groups.items()}
