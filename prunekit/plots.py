@@ -8,10 +8,7 @@ from .files import atomic_write
 
 def save_sparsity_history(history: list[dict], path: str | Path) -> None:
     """Sparsity of each component (and overall) over training steps, one line each."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only: no display needed
-    from matplotlib import pyplot
-
+    pyplot = pyplot_for_files()
     figure, axes = pyplot.subplots(figsize=(6, 3.5))
     steps = [point["step"] for point in history]
     for component in (key for key in (history[0] if history else {}) if key != "step"):
@@ -23,6 +20,61 @@ def save_sparsity_history(history: list[dict], path: str | Path) -> None:
     axes.grid(alpha=0.3)
     if history:
         axes.legend()
+    save_figure(figure, path)
+    pyplot.close(figure)
+
+
+def pyplot_for_files():
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display needed
+    from matplotlib import pyplot
+    return pyplot
+
+
+def save_figure(figure, path: str | Path) -> None:
     figure.tight_layout()
     atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120))
+
+
+def save_similarity_heatmap(record: dict, metric: str, weighting: str, path: str | Path) -> None:
+    """Task x task matrix of one metric (mean over seeds and sparsities); the diagonal is 1."""
+    pyplot = pyplot_for_files()
+    tasks = record["tasks"]
+    matrix = [[1.0 if a == b else record["pairs"][metric][weighting][
+        f"{a}/{b}" if tasks.index(a) < tasks.index(b) else f"{b}/{a}"]["mean"]
+        for b in tasks] for a in tasks]
+    figure, axes = pyplot.subplots(figsize=(1.2 * len(tasks) + 2, 1.2 * len(tasks) + 1))
+    image = axes.imshow(matrix, cmap="viridis")
+    axes.set_xticks(range(len(tasks)), tasks)
+    axes.set_yticks(range(len(tasks)), tasks)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            axes.text(j, i, f"{value:.2f}", ha="center", va="center", color="white")
+    axes.set_title(f"{metric} ({weighting} layer weighting)")
+    figure.colorbar(image, ax=axes)
+    save_figure(figure, path)
+    pyplot.close(figure)
+
+
+def save_layer_iou(record: dict, path: str | Path) -> None:
+    """Per shared layer, each pair's IoU (mean over seeds and sparsities), the all-task IoU
+    and the watershed layer."""
+    pyplot = pyplot_for_files()
+    curves = record["layer_iou"]
+    figure, axes = pyplot.subplots(figsize=(8, 3.8))
+    layers = range(1, len(curves["layers"]) + 1)
+    for pair, by_sparsity in curves["pairs"].items():
+        values = [sum(v) / len(v) for v in zip(*by_sparsity.values())]
+        axes.plot(layers, values, label=pair, linewidth=1.2)
+    if "all_tasks" in curves:
+        values = [sum(v) / len(v) for v in zip(*curves["all_tasks"].values())]
+        axes.plot(layers, values, label="all tasks", color="black", linewidth=2)
+    if record["watershed"] is not None:
+        axes.axvline(record["watershed"]["index"] + 1.5, color="red", linestyle="--",
+                     label=f"watershed after layer {record['watershed']['index'] + 1}")
+    axes.set_xlabel("shared layer (model order)")
+    axes.set_ylabel("IoU of the tasks' masks")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    save_figure(figure, path)
     pyplot.close(figure)

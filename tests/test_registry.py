@@ -15,7 +15,7 @@ BUILTINS = {
                "magnitude", "random", "taylor", "cosprune"},
     "thresholder": {"topk", "erk", "soft-threshold"},
     "arbiter": {"or", "and", "majority"},
-    "metric": {"iou"},
+    "metric": {"iou", "epi-sim", "css", "mcss"},
 }
 THIRD_PARTY = Source("someone-elses-plugin", "1.2.3")
 
