@@ -169,3 +169,21 @@ def test_default_weightings_are_all_known():
     config = SimilarityConfig()
     for weighting in config.weightings:
         assert sum(layer_weights(weighting, 10, [0.5] * 10)) == pytest.approx(1.0)
+
+
+def test_group_from_a_measured_pair_table_with_losses(capsys, tmp_path):
+    table = tmp_path / "pairs.csv"
+    table.write_text("task,trained_with,score\n"
+                     "a,a,1.0\nb,b,1.0\nc,c,1.0\n"
+                     "a,b,0.5\nb,a,0.6\na,c,2.0\nc,a,2.0\nb,c,2.0\nc,b,2.0\n")
+    code, stdout, err = invoke(capsys, "group", "--pairs", str(table), "--lower-is-better",
+                               "--budget", "2", "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    # a and b help each other (losses 0.5 and 0.6 below 1.0 alone); c trains alone
+    assert sorted(n["tasks"] for n in result["networks"]) == [["a", "b"], ["c"]]
+    assert result["task_scores"] == pytest.approx({"a": 0.5, "b": 0.6, "c": 1.0})
+    assert result["total_score"] == pytest.approx(2.1)
+    code, stdout, _ = invoke(capsys, "group", "--pairs", str(table), "--lower-is-better",
+                             "--budget", "2")
+    assert "network 1: a + b" in stdout and "total score 2.1000" in stdout
