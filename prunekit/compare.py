@@ -67,6 +67,9 @@ def parse_methods(text: str) -> list[Method]:
     return methods
 
 
+NOT_RETRAINED = dict(retrain_from_scratch=False, retrain_lrs=None)
+
+
 def run_configs(base: RunConfig, methods: list[Method], seeds: list[int],
                 out_dir: Path) -> list[tuple[str, int, RunConfig]]:
     """Every run, in order: per seed the dense baseline first, then each method against it."""
@@ -75,11 +78,13 @@ def run_configs(base: RunConfig, methods: list[Method], seeds: list[int],
         dense_dir = out_dir / DENSE / f"seed{seed}"
         dense = dataclasses.replace(base, dense=True, mode="static", seed=seed,
                                     out=str(dense_dir), baseline=None, rewind=False,
-                                    init_checkpoint=None)
+                                    init_checkpoint=None, **NOT_RETRAINED)
         plan.append((DENSE, seed, dense))
         for method in methods:
             config = dataclasses.replace(method.config(base), seed=seed, baseline=str(dense_dir),
                                          out=str(out_dir / method.folder / f"seed{seed}"))
+            if not config.resolved().scorer_removes_filters():  # only structured runs retrain
+                config = dataclasses.replace(config, **NOT_RETRAINED)
             plan.append((method.label, seed, config))
     return plan
 

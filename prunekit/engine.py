@@ -175,7 +175,8 @@ class RunConfig:
                     "update interval": self.update_interval, "finetune lr": self.finetune_lr,
                     "theta lr": self.theta_lr, "prune interval": self.prune_interval,
                     "filters per prune": self.filters_per_prune,
-                    **{"lr": lr for lr in self.retrain_lrs or ()}}
+                    **{f"lr {i} of the sweep": lr
+                       for i, lr in enumerate(self.retrain_lrs or (), 1)}}
         for what, value in positive.items():
             if value is not None and not value > 0:
                 raise PrunekitError(f"{what} must be positive, got {value}")
@@ -353,7 +354,7 @@ class Run:
         elif self.scorer:
             check_arbiter(self.scorer, self.arbiter, len(config.tasks))
             MODES[config.mode].check(self)
-        if config.retrain_from_scratch and not config.scorer_removes_filters():
+        if config.retrain_from_scratch and not self.removes_filters():
             raise PrunekitError("--retrain-from-scratch re-initialises the architecture that "
                                 "structured pruning found; use it with a filter scorer (taylor, "
                                 "cosprune) in --mode iterative")
@@ -362,6 +363,10 @@ class Run:
         if config.out:
             check_out_dir(config.out)
         self.report["plugins"] = plugin_record(config, self.per_task, self.thresholder)
+
+    def removes_filters(self) -> bool:
+        """Whether this run prunes whole channels (structured iterative mode)."""
+        return self.scorer is not None and self.scorer.granularity == "filter"
 
     def prepare(self) -> None:
         self.check()
@@ -373,7 +378,7 @@ class Run:
             self.build()
             if config.retrain_from_scratch:
                 check_select_metric(config.select_metric, self.tasks)
-            if config.scorer_removes_filters() and not config.dense:
+            if self.removes_filters():
                 check_structured(self)
 
     def build(self) -> None:
@@ -498,9 +503,9 @@ class Run:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "masks": {name: mask.cpu() for name, mask in masks.items()},
             "config": {**self.model_record(),
-                       # a structured run's model is smaller than the one the builder makes
-                       **({"channels": kept_channels(self.model)}
-                          if self.achieved_sparsity else {})},
+                       # a structured run's model (or one started from it) is smaller than
+                       # the one the builder makes
+                       "channels": kept_channels(self.model)},
         }
 
     def model_record(self) -> dict:

@@ -68,10 +68,12 @@ def retrain_from_scratch(run: "Run", dense_selection: dict) -> dict:
     config = run.config
     reinitialise(run.model, config.seed)
     fresh = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-    candidates, best, best_state = [], None, None
+    candidates, best, best_state, best_weights = [], None, None, None
     for lr in config.retrain_lrs or (config.lr,):
         run.model.load_state_dict(fresh)
-        if run.task_weights:  # each candidate starts its loss history afresh too
+        # each candidate sees the same data order and starts its loss history afresh
+        run.train_loader = run.loader(run.train_loader.dataset, shuffle=True)
+        if run.task_weights:
             run.task_weights = run.adaptive_task_weights()
         run.train_phase(None, config.iterations, lr, "retraining")
         with timed(run.timings, "selection"):
@@ -79,9 +81,10 @@ def retrain_from_scratch(run: "Run", dense_selection: dict) -> dict:
         score = selection_score(config.select_metric, metrics, dense_selection, run.tasks)
         candidates.append({"lr": lr, "score": score, "metrics": metrics})
         if best is None or score > best["score"]:  # equals: the earlier in the sweep stays
-            best = candidates[-1]
+            best, best_weights = candidates[-1], run.task_weights
             best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
     run.model.load_state_dict(best_state)
+    run.task_weights = best_weights  # the report shows the chosen candidate's
     return {"select_metric": config.select_metric, "chosen_lr": best["lr"],
             "held_out_samples": len(run.selection_loader.dataset),
             "dense_on_held_out": dense_selection,

@@ -147,6 +147,8 @@ def check_request(metrics: Sequence[str], weightings: Sequence[str],
         resolve("metric", name)
     if len(tasks) < 2:
         raise PrunekitError("task similarity compares tasks: give at least two")
+    if len(set(tasks)) != len(tasks):
+        raise PrunekitError(f"tasks repeat: {','.join(tasks)}")
     if seeds < 1:
         raise PrunekitError(f"seeds must be at least 1, got {seeds}")
 

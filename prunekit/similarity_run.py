@@ -61,8 +61,8 @@ def check(config: SimilarityConfig):
         raise PrunekitError(f"thresholder {config.thresholder!r} learns while training; task "
                             "similarity thresholds saliency at initialisation (use topk or erk)")
     check_scope(thresholder, config.scope)
-    if config.score_batches < 1 or config.batch_size < 1:
-        raise PrunekitError("score batches and batch size must be positive")
+    if config.score_batches < 1 or config.batch_size < 1 or not config.width > 0:
+        raise PrunekitError("width, score batches and batch size must be positive")
     if config.out:
         check_out_dir(config.out)
     return scorer, thresholder

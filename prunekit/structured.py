@@ -128,8 +128,8 @@ class ChannelImportance:
             if not torch.isfinite(sums).all():
                 channel = int((~torch.isfinite(sums)).nonzero()[0])
                 raise PrunekitError(f"the importance of channel {channel} of {name!r} is "
-                                    f"{float(sums[channel])}; lower --lr, or check the data "
-                                    "for NaN/inf")
+                                    f"{float(sums[channel])}; lower --finetune-lr, or check the "
+                                    "data for NaN/inf")
         order = list(self.groups)
         ranked = sorted((score, index, channel)
                         for index, sums in enumerate(self.sums.values())
@@ -193,9 +193,16 @@ def sample_image(run: "Run") -> torch.Tensor:
 
 
 def probe_scored_names(run: "Run") -> tuple[str, ...]:
-    """The tensors the scorer scores, from one batch."""
-    batch = next(iter(run.train_loader))
-    return tuple(score_batch(run, {k: v.to(run.device) for k, v in batch.items()}))
+    """The tensors the scorer scores, from one validation batch (the training order stays as it
+    is); each must have one score per output channel."""
+    batch = next(iter(run.val_loader))
+    scores = score_batch(run, {k: v.to(run.device) for k, v in batch.items()})
+    params = dict(run.model.named_parameters())
+    for name, value in scores.items():
+        if name not in params or tuple(value.shape) != tuple(params[name].shape[:1]):
+            raise PrunekitError(f"scorer {run.scorer.name!r} must give one score per output "
+                                f"channel of {name!r}, got shape {tuple(value.shape)}")
+    return tuple(scores)
 
 
 def check_reachable(run: "Run", budget: Budget, scored: tuple[str, ...]) -> None:

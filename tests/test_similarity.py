@@ -146,6 +146,8 @@ def test_table_shows_only_the_mean_when_asked():
     (["--scorer", "taylor"], "per-task element scorer"),
     (["--thresholder", "soft-threshold"], "learns while training"),
     (["--seeds", "0"], "seeds must be at least 1"),
+    (["--tasks", "seg,seg"], "tasks repeat"),
+    (["--width", "0"], "width, score batches and batch size must be positive"),
 ])
 def test_similarity_errors_are_one_line_and_exit_2(capsys, tmp_path, args, message):
     code, _, err = invoke(capsys, "similarity", "--quick", "--no-progress",

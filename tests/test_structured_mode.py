@@ -677,3 +677,25 @@ def test_a_per_task_filter_scorer_is_refused():
     with pytest.raises(PrunekitError, match="per task"):
         check_filter_mode(config, SimpleNamespace(per_task=True))
     check_filter_mode(config, SimpleNamespace(per_task=False))  # a joint one is fine
+
+
+def test_review_regressions(tmp_path):
+    """A learning thresholder with a filter scorer, every rate of a sweep checked, and
+    checkpoints of runs started from a structured checkpoint loading again."""
+    from prunekit.compare import parse_methods, run_configs
+
+    with pytest.raises(PrunekitError, match="lr 2 of the sweep must be positive, got -1.0"):
+        RunConfig(**QUICK, mode="iterative", scorer="taylor", retrain_from_scratch=True,
+                  lr=1e-3, retrain_lrs=(1e-3, -1.0, 1e-4)).validate()
+    run(RunConfig(**QUICK, thresholder="soft-threshold", scorer="taylor",
+                  out=str(tmp_path / "soft")))  # the thresholder learns; nothing is scored
+    first = run(RunConfig(**QUICK, mode="iterative", scorer="taylor", params_ratio=0.5,
+                          out=str(tmp_path / "a")))
+    second = run(RunConfig(**QUICK, mode="pretrained", out=str(tmp_path / "b"),
+                           init_checkpoint=str(first.out_dir / "checkpoint.pt")))
+    model, _ = load_checkpoint(second.out_dir / "checkpoint.pt")
+    assert sum(p.numel() for p in model.parameters()) == first.report["parameters"]["total"]
+    base = RunConfig(**QUICK, retrain_from_scratch=True, retrain_lrs=(1e-3, 1e-4))
+    plan = run_configs(base, parse_methods("taylor@iterative,snip"), [0], tmp_path / "c")
+    retrains = {label: config.retrain_from_scratch for label, _, config in plan}
+    assert retrains == {"dense": False, "taylor@iterative": True, "snip": False}
