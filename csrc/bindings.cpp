@@ -9,6 +9,9 @@ TORCH_LIBRARY(prunekit, m) {
   // Bool mask of scores' shape keeping exactly k elements: the k largest, ties at the threshold
   // broken by lower flat index. NaN scores are an error.
   m.def("topk_mask(Tensor scores, int k) -> Tensor");
+  // One bool mask per tensor, keeping exactly k elements over all of them together: the k largest,
+  // ties broken by lower (tensor, flat index). One dtype; NaN is an error naming the tensor.
+  m.def("topk_masks(Tensor[] scores, int k) -> Tensor[]");
 }
 
 namespace {

@@ -42,3 +42,31 @@ def topk_mask_reference(scores: torch.Tensor, k: int) -> torch.Tensor:
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
     mask[order[:k]] = True
     return mask.reshape(scores.shape)
+
+
+def topk_masks(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """One bool mask per tensor, keeping exactly the ``k`` largest scores of all of them together.
+
+    The global-scope top-k without concatenating or sorting: a radix search on the floats' bits
+    (a histogram of the top 16 bits, then the candidates of one bucket). Ties at the threshold go
+    to the lower (tensor, flat index), exactly as ``topk_mask`` of the concatenation would keep
+    them. Tensors of several floating dtypes are read at the widest of them; NaN raises and names
+    the tensor. CPU tensors only (the CUDA kernel is still to come).
+    """
+    if not scores:
+        if k != 0:
+            raise ValueError(f"expected k = 0 for no scores, got {k}")
+        return []
+    dtype = scores[0].dtype
+    for tensor in scores[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return list(torch.ops.prunekit.topk_masks([s.to(dtype) for s in scores], int(k)))
+
+
+def topk_masks_reference(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """Pure-torch ``topk_masks``: ``topk_mask_reference`` of the concatenation, split back."""
+    if not scores:
+        return []
+    flat = torch.cat([s.reshape(-1).double() for s in scores])
+    kept = topk_mask_reference(flat, k).split([s.numel() for s in scores])
+    return [piece.reshape(s.shape) for piece, s in zip(kept, scores)]

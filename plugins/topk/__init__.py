@@ -11,7 +11,7 @@ from typing import Mapping
 import torch
 
 from prunekit import Thresholder, hookimpl
-from prunekit.ops import topk_mask
+from prunekit.ops import topk_mask, topk_masks
 
 
 def keep_count(keep_ratio: float, total: int) -> int:
@@ -19,6 +19,10 @@ def keep_count(keep_ratio: float, total: int) -> int:
 
 
 def global_topk(scores: Mapping[str, torch.Tensor], keep_ratio: float):
+    total = sum(s.numel() for s in scores.values())
+    if all(s.device.type == "cpu" for s in scores.values()):  # no copy of the scores on CPU
+        kept = topk_masks(list(scores.values()), keep_count(keep_ratio, total))
+        return dict(zip(scores, kept))
     flat = torch.cat([s.reshape(-1) for s in scores.values()])
     kept = topk_mask(flat, keep_count(keep_ratio, flat.numel()))
     pieces = kept.split([s.numel() for s in scores.values()])
