@@ -27,6 +27,9 @@ def choose_groups(similarity_file: str | None, metric: str, weighting: str, alon
     if (similarity_file is None) == (pairs_file is None):
         raise PrunekitError("give exactly one of --similarity (a similarity.json) and --pairs "
                             "(a measured pair-performance table)")
+    if similarity_file and lower_is_better:
+        raise PrunekitError("--lower-is-better is for --pairs tables of losses; similarities "
+                            "are higher for more alike tasks")
     if similarity_file:
         data = read_similarity(similarity_file)
         tasks = list(data["tasks"])

@@ -160,6 +160,7 @@ def test_similarity_errors_are_one_line_and_exit_2(capsys, tmp_path, args, messa
 @pytest.mark.parametrize("args,message", [
     (["--budget", "2"], "give exactly one of --similarity"),
     (["--similarity", "missing.json", "--budget", "2"], "does not exist"),
+    (["--similarity", "s.json", "--lower-is-better", "--budget", "2"], "is for --pairs"),
 ])
 def test_group_errors_are_one_line_and_exit_2(capsys, args, message):
     code, _, err = invoke(capsys, "group", *args)
