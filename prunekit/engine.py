@@ -596,7 +596,13 @@ def load_weights(model: torch.nn.Module, path: str | Path, expected: dict | None
     ``expected`` (model name, width, task channels) is compared with what the checkpoint was
     written for. A checkpoint of a structured run first shrinks ``model`` to its channel counts.
     """
-    checkpoint = read_checkpoint(path, next(model.parameters()).device)
+    apply_checkpoint(model, read_checkpoint(path, next(model.parameters()).device), path,
+                     expected)
+
+
+def apply_checkpoint(model: torch.nn.Module, checkpoint: dict, path: str | Path,
+                     expected: dict | None = None) -> None:
+    """``load_weights`` for a checkpoint already read from ``path``."""
     written_for = checkpoint.get("config", {})
     for key, value in (expected or {}).items():
         if key in written_for and written_for[key] != value:
@@ -616,6 +622,6 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     """Rebuild the pruned model from ``checkpoint.pt``; returns ``(model, masks)``."""
     checkpoint = read_checkpoint(path, device)
     config = checkpoint["config"]
-    model = build_model(config["model"], config["task_channels"], config["width"])
-    load_weights(model, path)
-    return model.to(device), checkpoint["masks"]
+    model = build_model(config["model"], config["task_channels"], config["width"]).to(device)
+    apply_checkpoint(model, checkpoint, path)
+    return model, checkpoint["masks"]

@@ -129,8 +129,7 @@ def describe_watershed(record: dict) -> str:
 
 def run_similarity(config: SimilarityConfig, progress=no_progress) -> tuple[dict, Path, str]:
     """Compute, then write similarity.json, similarity.md and the figures; returns the record,
-    the output folder and the table."""
-    check(config)
+    the output folder and the table. Nothing is written before ``compute``'s checks pass."""
     out = Path(config.out) if config.out else fresh_run_dir("similarity")
     record = compute(config, progress)
     table = format_table(record, config.average_sparsities)

@@ -699,3 +699,19 @@ def test_review_regressions(tmp_path):
     plan = run_configs(base, parse_methods("taylor@iterative,snip"), [0], tmp_path / "c")
     retrains = {label: config.retrain_from_scratch for label, _, config in plan}
     assert retrains == {"dense": False, "taylor@iterative": True, "snip": False}
+
+
+def test_cli_summary_and_report_give_the_size_and_latency_before_and_after(capsys, tmp_path):
+    code, out, err = invoke(capsys, "run", "--quick", "--no-progress", "--mode", "iterative",
+                            "--scorer", "cosprune", "--params-ratio", "0.6",
+                            "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    record = json.loads((tmp_path / "r" / "report.json").read_text())["structured"]
+    before, after = record["before"], record["after"]
+    assert before["latency_ms"] > 0 and after["latency_ms"] > 0
+    assert record["speedup"] == pytest.approx(before["latency_ms"] / after["latency_ms"],
+                                              rel=1e-3)  # the report rounds the latencies
+    assert record["latency_batch"][0] == QUICK["batch_size"]
+    assert (f"model     parameters {before['parameters']:,} -> {after['parameters']:,}"
+            in out)
+    assert f"MACs/image {before['macs_per_image'] / 1e6:.1f}M" in out
