@@ -10,6 +10,7 @@ import glob
 import os
 import re
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -66,14 +67,18 @@ def extension():
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/*.cpp"))
-    args = {"cxx": list(opt)}
+    # at::parallel_for expands to OpenMP pragmas in our own code: without -fopenmp it runs on one
+    # thread. The process shares torch's libgomp (same soname, already loaded).
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    args = {"cxx": opt + openmp}
     macros = []
     if with_cuda:
         sources += sorted(glob.glob("csrc/*/*.cu"))
         args["nvcc"] = opt + os.environ.get("NVCC_FLAGS", "").split()
         macros.append(("PRUNEKIT_WITH_CUDA", None))
     kind = CUDAExtension if with_cuda else CppExtension
-    return kind("prunekit._C", sources, extra_compile_args=args, define_macros=macros)
+    return kind("prunekit._C", sources, extra_compile_args=args, extra_link_args=openmp,
+                define_macros=macros)
 
 
 def version():

@@ -9,9 +9,13 @@ TORCH_LIBRARY(prunekit, m) {
   // Bool mask of scores' shape keeping exactly k elements: the k largest, ties at the threshold
   // broken by lower flat index. NaN scores are an error.
   m.def("topk_mask(Tensor scores, int k) -> Tensor");
-  // One bool mask per tensor, keeping exactly k elements over all of them together: the k largest,
-  // ties broken by lower (tensor, flat index). One dtype; NaN is an error naming the tensor.
-  m.def("topk_masks(Tensor[] scores, int k) -> Tensor[]");
+  // One bool mask per input. Each input's score is criterion(input, grad) ("score": the input
+  // itself; "magnitude": |w|; "snip": |w*g|; "gradflow": |g|*w^2). Inputs form groups (groups[t]
+  // is input t's group); group g keeps exactly counts[g] elements: its largest scores, ties to the
+  // lower (input, flat index). Also returns each group's threshold (its smallest kept score, inf
+  // when it keeps none) as float64. One dtype and device; a NaN score is an error naming the input.
+  m.def("topk_masks(Tensor[] inputs, Tensor[] grads, str criterion, int[] counts, int[] groups)"
+        " -> (Tensor[], Tensor)");
 }
 
 namespace {

@@ -137,13 +137,13 @@ def test_within_holds_for_scores_below_minus_one(layout):
 
 def test_thresholder_without_a_scope_argument_still_works(layout):
     from prunekit import Thresholder
-    from prunekit_plugins.topk import global_topk
+    from prunekit_plugins.topk import TopKThresholder
 
     class OldStyle(Thresholder):
         name, description = "old-style", "written before scopes existed"
 
         def masks(self, scores, keep_ratio):
-            return global_topk(scores, keep_ratio)
+            return TopKThresholder().masks(scores, keep_ratio)
 
     scores = {JOINT: {n: torch.rand(p.shape) for n, p in layout.params.items()}}
     assert abs(prune(scores, layout, OldStyle(), None, 0.6).achieved - 0.6) <= 0.005

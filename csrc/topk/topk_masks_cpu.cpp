@@ -1,187 +1,276 @@
-// topk_masks on CPU: the k largest scores over a list of tensors, without concatenating or sorting.
+// topk_masks on CPU: each group keeps its k largest scores, without concatenating or sorting.
 //
-// Floats order like their sign-adjusted bit patterns ("keys"), so selection is a radix search:
-//   pass 1  histogram the top 16 bits of every key, over all tensors, in parallel chunks; the
-//           bucket holding the k-th largest key follows from a scan of the histogram;
-//   pass 2  write every mask: keys above the bucket are kept, below are dropped, and keys inside
-//           it are gathered as candidates (key, tensor, flat index);
-//   finish  keep the best (k - above) candidates: largest key first, ties to the lower
-//           (tensor, flat index), so the result is exact and deterministic.
-// Extra memory: the histograms and the candidates of one bucket, not a copy of the scores.
+// Scores are computed on the fly from the inputs (criterion(x, g), never stored) and compared by
+// their order-preserving keys (topk_masks_common.h), so selection is a radix search per group:
+//   pass 1  histogram the top 16 bits of every key of the group, in parallel chunks (one
+//           histogram per thread, merged), noting any NaN; the bucket holding the k-th largest
+//           key follows from a scan of the histogram from the top;
+//   pass 2  write the group's masks: keys above the bucket are kept, keys below are dropped, keys
+//           inside it are gathered as candidates (key, input, flat index);
+//   finish  keep the best (k - above) candidates, largest key first, ties to the lower (input,
+//           flat index), so the result is exact and deterministic.
+// A group small enough to be one chunk skips the histogram: all its elements are candidates.
+// Extra memory: the histograms and one bucket's candidates, not a copy of the scores.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
+#include <limits>
+#include <tuple>
 #include <vector>
+
+#include "topk_masks_common.h"
 
 namespace prunekit {
 namespace {
 
-constexpr int64_t kGrain = 1 << 16;
-constexpr int kBuckets = 1 << 16;
+using topk::Criterion;
 
-// Order-preserving unsigned key of a float: larger float, larger key; -0.0 and 0.0 are equal.
-template <typename key_t, typename float_t>
-inline key_t order_key(float_t value) {
-  value = value + float_t(0);  // -0.0 + 0.0 is +0.0
-  key_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  constexpr key_t sign = key_t(1) << (sizeof(key_t) * 8 - 1);
-  return (bits & sign) ? key_t(~bits) : key_t(bits | sign);
-}
-
-template <typename key_t>
-inline int top_bucket(key_t key) {
-  return static_cast<int>(key >> (sizeof(key_t) * 8 - 16));
-}
+constexpr int64_t kGrain = 1 << 16;  // elements per parallel chunk
+constexpr int64_t kRun = 64;         // elements per inner run of a chunk
+constexpr int kBucketBits = 16;
+constexpr int kBuckets = 1 << kBucketBits;
 
 struct Candidate {
   uint64_t key;
-  int64_t tensor;
+  int64_t input;
   int64_t index;
 };
 
-// Calls visit(tensor, begin, end) over chunks of every tensor, in parallel.
+bool better(const Candidate& a, const Candidate& b) {
+  if (a.key != b.key) return a.key > b.key;
+  if (a.input != b.input) return a.input < b.input;
+  return a.index < b.index;
+}
+
+// The scores of every input, read through the criterion at compile time.
+template <typename scalar_t, Criterion C>
+struct ScoreReader {
+  using float_t = at::opmath_type<scalar_t>;
+  using key_t = typename topk::KeyTraits<float_t>::key_t;
+  static constexpr int kShift = sizeof(key_t) * 8 - kBucketBits;
+
+  // One input's scores; the loops index it directly, so they see plain pointers.
+  struct Scores {
+    const scalar_t* x;
+    const scalar_t* g;
+    float_t operator[](int64_t i) const {
+      if constexpr (topk::needs_grads(C)) {
+        return topk::score_of<C, float_t>(static_cast<float_t>(x[i]), static_cast<float_t>(g[i]));
+      } else {
+        return topk::score_of<C, float_t>(static_cast<float_t>(x[i]), float_t(0));
+      }
+    }
+    key_t key(int64_t i) const { return topk::order_key<float_t>((*this)[i]); }
+  };
+
+  std::vector<Scores> inputs;
+
+  explicit ScoreReader(const topk::Request& request) {
+    for (size_t t = 0; t < request.inputs.size(); ++t) {
+      const scalar_t* grad =
+          request.grads.empty() ? nullptr : request.grads[t].const_data_ptr<scalar_t>();
+      inputs.push_back({request.inputs[t].const_data_ptr<scalar_t>(), grad});
+    }
+  }
+
+  float_t score(int64_t t, int64_t i) const { return inputs[t][i]; }
+  static int bucket_of(key_t key) { return static_cast<int>(key >> kShift); }
+};
+
+// Calls visit(input, begin, end) over chunks of the given inputs, in parallel.
 template <typename Visit>
-void for_chunks(const std::vector<at::Tensor>& tensors, Visit visit) {
+void for_chunks(const topk::Request& request, const std::vector<int64_t>& members, Visit visit) {
   struct Chunk {
-    int64_t tensor, begin, end;
+    int64_t input, begin, end;
   };
   std::vector<Chunk> chunks;
-  for (int64_t t = 0; t < static_cast<int64_t>(tensors.size()); ++t) {
-    const int64_t n = tensors[t].numel();
+  for (int64_t t : members) {
+    const int64_t n = request.inputs[t].numel();
     for (int64_t begin = 0; begin < n; begin += kGrain) {
       chunks.push_back({t, begin, std::min(n, begin + kGrain)});
     }
   }
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t first, int64_t last) {
-    for (int64_t c = first; c < last; ++c) visit(chunks[c].tensor, chunks[c].begin, chunks[c].end);
+    for (int64_t c = first; c < last; ++c) visit(chunks[c].input, chunks[c].begin, chunks[c].end);
   });
 }
 
-// The float type each score dtype is read as, and the width of its key.
-template <typename scalar_t>
-struct KeyOf {
-  using float_t = float;
-  using key_t = uint32_t;
-};
-template <>
-struct KeyOf<double> {
-  using float_t = double;
-  using key_t = uint64_t;
-};
-
-template <typename scalar_t>
-void check_no_nan(const std::vector<at::Tensor>& tensors) {
-  for (size_t t = 0; t < tensors.size(); ++t) {
-    const scalar_t* data = tensors[t].const_data_ptr<scalar_t>();
-    const int64_t n = tensors[t].numel();
-    const int64_t nan_at = at::parallel_reduce(
-        0, n, kGrain, n,
-        [&](int64_t begin, int64_t end, int64_t found) {
-          for (int64_t i = begin; i < end && i < found; ++i) {
-            if (std::isnan(static_cast<double>(data[i]))) return i;
-          }
-          return found;
-        },
-        [](int64_t a, int64_t b) { return std::min(a, b); });
-    TORCH_CHECK(nan_at == n, "topk_masks: expected scores without NaN, got NaN in scores[", t,
-                "] at flat index ", nan_at);
-  }
-}
-
-template <typename scalar_t>
-void select(const std::vector<at::Tensor>& tensors, int64_t k, std::vector<at::Tensor>& masks) {
-  using float_t = typename KeyOf<scalar_t>::float_t;
-  using key_t = typename KeyOf<scalar_t>::key_t;
-  std::vector<const scalar_t*> data;
-  for (const auto& tensor : tensors) data.push_back(tensor.const_data_ptr<scalar_t>());
-  auto key_of = [](scalar_t value) { return order_key<key_t>(static_cast<float_t>(value)); };
-
-  // pass 1: one histogram per thread, merged
-  const int threads = at::get_num_threads();
-  std::vector<std::vector<int64_t>> local(threads, std::vector<int64_t>(kBuckets, 0));
-  for_chunks(tensors, [&](int64_t t, int64_t begin, int64_t end) {
-    int64_t* histogram = local[at::get_thread_num()].data();
-    const scalar_t* scores = data[t];
-    for (int64_t i = begin; i < end; ++i) ++histogram[top_bucket(key_of(scores[i]))];
-  });
-  std::vector<int64_t> histogram(kBuckets, 0);
-  for (const auto& h : local) {
-    for (int b = 0; b < kBuckets; ++b) histogram[b] += h[b];
-  }
-  std::vector<std::vector<int64_t>>().swap(local);
-  int bucket = kBuckets - 1;
-  int64_t above = 0;  // keys in buckets above `bucket`
-  while (above + histogram[bucket] < k) above += histogram[bucket--];
-
-  // pass 2: masks outside the bucket; candidates inside it
-  std::vector<std::vector<Candidate>> gathered(threads);
-  for_chunks(tensors, [&](int64_t t, int64_t begin, int64_t end) {
-    bool* out = masks[t].data_ptr<bool>();
-    const scalar_t* scores = data[t];
-    auto& candidates = gathered[at::get_thread_num()];
-    for (int64_t i = begin; i < end; ++i) {
-      const key_t key = key_of(scores[i]);
-      const int b = top_bucket(key);
-      out[i] = b > bucket;
-      if (b == bucket) candidates.push_back({static_cast<uint64_t>(key), t, i});
+// Raises the NaN error for the first NaN score over all inputs, in (input, index) order.
+template <typename Reader>
+[[noreturn]] void fail_on_first_nan(const topk::Request& request, const Reader& reader) {
+  for (size_t t = 0; t < request.inputs.size(); ++t) {
+    for (int64_t i = 0; i < request.inputs[t].numel(); ++i) {
+      if (std::isnan(reader.score(t, i))) topk::fail_on_nan(request.criterion, t, i);
     }
-  });
-  std::vector<Candidate> candidates;
-  for (auto& part : gathered) candidates.insert(candidates.end(), part.begin(), part.end());
-
-  // finish: the best (k - above) candidates
-  const int64_t wanted = k - above;
-  auto better = [](const Candidate& a, const Candidate& b) {
-    if (a.key != b.key) return a.key > b.key;
-    if (a.tensor != b.tensor) return a.tensor < b.tensor;
-    return a.index < b.index;
-  };
-  if (wanted < static_cast<int64_t>(candidates.size())) {
-    std::nth_element(candidates.begin(), candidates.begin() + wanted, candidates.end(), better);
   }
-  for (int64_t c = 0; c < wanted; ++c) {
-    masks[candidates[c].tensor].data_ptr<bool>()[candidates[c].index] = true;
-  }
+  TORCH_CHECK(false, "topk_masks: a NaN score was seen but not found again");
 }
 
-std::vector<at::Tensor> topk_masks_cpu(at::TensorList scores, int64_t k) {
-  int64_t total = 0;
-  std::vector<at::Tensor> tensors;
-  std::vector<at::Tensor> masks;
-  for (size_t t = 0; t < scores.size(); ++t) {
-    const at::Tensor& s = scores[t];
-    TORCH_CHECK(s.is_floating_point(), "topk_masks: expected floating-point scores, got ",
-                s.scalar_type(), " in scores[", t, "]");
-    TORCH_CHECK(s.device().is_cpu(), "topk_masks: expected CPU tensors, got scores[", t, "] on ",
-                s.device());
-    TORCH_CHECK(t == 0 || s.scalar_type() == scores[0].scalar_type(),
-                "topk_masks: expected one dtype, got ", scores[0].scalar_type(), " and ",
-                s.scalar_type(), " in scores[", t, "]");
-    tensors.push_back(s.contiguous());
-    masks.push_back(at::empty(s.sizes(), s.options().dtype(at::kBool)));  // every element written
-    total += s.numel();
+template <typename scalar_t, Criterion C>
+class GroupSelector {
+  using Reader = ScoreReader<scalar_t, C>;
+  using float_t = typename Reader::float_t;
+  using key_t = typename Reader::key_t;
+
+ public:
+  GroupSelector(const topk::Request& request, std::vector<at::Tensor>& masks)
+      : request_(request), reader_(request), masks_(masks) {}
+
+  // Writes the masks of group g's inputs and returns its threshold.
+  double select(int64_t g) {
+    const std::vector<int64_t>& members = request_.members[g];
+    const int64_t k = request_.counts[g];
+    const int64_t total = request_.totals[g];
+    if (total == 0) return std::numeric_limits<double>::infinity();
+    std::vector<Candidate> candidates;
+    int64_t above = 0;
+    if (total <= kGrain) {
+      candidates = all_candidates(members);  // masks start false
+    } else {
+      const std::vector<int64_t> counts = histogram(members, total);
+      if (k == 0) {
+        for (int64_t t : members) masks_[t].fill_(false);
+      } else {
+        int bucket = kBuckets - 1;
+        while (above + counts[bucket] < k) above += counts[bucket--];
+        candidates = write_masks_outside(members, bucket);
+      }
+    }
+    if (k == 0) return std::numeric_limits<double>::infinity();
+    const int64_t wanted = k - above;  // >= 1: the k-th largest key lies in the bucket
+    const auto kth = candidates.begin() + (wanted - 1);
+    std::nth_element(candidates.begin(), kth, candidates.end(), better);
+    for (int64_t c = 0; c < wanted; ++c) {
+      masks_[candidates[c].input].data_ptr<bool>()[candidates[c].index] = true;
+    }
+    return static_cast<double>(topk::value_of_key<float_t>(static_cast<key_t>(kth->key)));
   }
-  TORCH_CHECK(k >= 0 && k <= total, "topk_masks: expected 0 <= k <= ", total,
-              " (the number of scores), got k = ", k);
-  if (tensors.empty() || total == 0) return masks;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tensors[0].scalar_type(),
+
+ private:
+  // Small groups: every element is a candidate; every mask starts false.
+  std::vector<Candidate> all_candidates(const std::vector<int64_t>& members) {
+    std::vector<Candidate> candidates;
+    bool nan = false;
+    for (int64_t t : members) {
+      masks_[t].fill_(false);
+      const auto scores = reader_.inputs[t];
+      for (int64_t i = 0; i < request_.inputs[t].numel(); ++i) {
+        const float_t score = scores[i];
+        nan |= std::isnan(score);
+        candidates.push_back({static_cast<uint64_t>(topk::order_key<float_t>(score)), t, i});
+      }
+    }
+    if (nan) fail_on_first_nan(request_, reader_);
+    return candidates;
+  }
+
+  // Pass 1: elements per top-16-bit bucket over the group; raises on NaN. A thread's counts fit
+  // 32 bits unless the group has 2^32 elements or more.
+  std::vector<int64_t> histogram(const std::vector<int64_t>& members, int64_t total) {
+    return total < (int64_t(1) << 32) ? histogram_counting<uint32_t>(members)
+                                      : histogram_counting<uint64_t>(members);
+  }
+
+  template <typename count_t>
+  std::vector<int64_t> histogram_counting(const std::vector<int64_t>& members) {
+    const int threads = at::get_num_threads();
+    // Scores are computed and checked for NaN a run at a time by a vectorisable loop, then
+    // counted by a scalar one (a NaN test inside the counting loop doubles its cost).
+    std::vector<std::vector<count_t>> local(threads, std::vector<count_t>(kBuckets, 0));
+    std::vector<char> nan(threads, 0);
+    for_chunks(request_, members, [&](int64_t t, int64_t begin, int64_t end) {
+      const int thread = at::get_thread_num();
+      count_t* counts = local[thread].data();
+      const auto scores = reader_.inputs[t];
+      float_t run_scores[kRun];
+      int nans = 0;
+      for (int64_t run = begin; run < end; run += kRun) {
+        const int n = static_cast<int>(std::min(kRun, end - run));
+        for (int j = 0; j < n; ++j) {
+          run_scores[j] = scores[run + j];
+          nans += run_scores[j] != run_scores[j];
+        }
+        for (int j = 0; j < n; ++j) {
+          ++counts[Reader::bucket_of(topk::order_key<float_t>(run_scores[j]))];
+        }
+      }
+      nan[thread] |= nans > 0;
+    });
+    if (std::find(nan.begin(), nan.end(), 1) != nan.end()) fail_on_first_nan(request_, reader_);
+    std::vector<int64_t> counts(kBuckets, 0);
+    for (const auto& part : local) {
+      for (int b = 0; b < kBuckets; ++b) counts[b] += part[b];
+    }
+    return counts;
+  }
+
+  // Pass 2: masks of the keys outside `bucket`; the keys inside it, returned as candidates. Runs
+  // of kRun elements are masked by a branch-free (vectorisable) loop that also notes whether any
+  // key falls in the bucket; only such runs are read again to gather the candidates.
+  std::vector<Candidate> write_masks_outside(const std::vector<int64_t>& members, int bucket) {
+    const key_t low = static_cast<key_t>(bucket) << Reader::kShift;
+    const key_t span = (key_t(1) << Reader::kShift) - 1;  // keys low .. high are in it
+    const key_t high = low | span;
+    std::vector<std::vector<Candidate>> gathered(at::get_num_threads());
+    for_chunks(request_, members, [&](int64_t t, int64_t begin, int64_t end) {
+      bool* out = masks_[t].data_ptr<bool>();
+      const auto scores = reader_.inputs[t];
+      auto& candidates = gathered[at::get_thread_num()];
+      for (int64_t run = begin; run < end; run += kRun) {
+        const int64_t run_end = std::min(end, run + kRun);
+        key_t inside = 0;
+        for (int64_t i = run; i < run_end; ++i) {
+          const key_t key = scores.key(i);
+          out[i] = key > high;
+          inside |= key - low <= span;
+        }
+        if (!inside) continue;
+        for (int64_t i = run; i < run_end; ++i) {
+          const key_t key = scores.key(i);
+          if (key - low <= span) candidates.push_back({static_cast<uint64_t>(key), t, i});
+        }
+      }
+    });
+    std::vector<Candidate> candidates;
+    for (auto& part : gathered) candidates.insert(candidates.end(), part.begin(), part.end());
+    return candidates;
+  }
+
+  const topk::Request& request_;
+  Reader reader_;
+  std::vector<at::Tensor>& masks_;
+};
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> topk_masks_cpu(at::TensorList inputs,
+                                                               at::TensorList grads,
+                                                               c10::string_view criterion,
+                                                               at::IntArrayRef counts,
+                                                               at::IntArrayRef groups) {
+  const topk::Request request =
+      topk::check_request(inputs, grads, std::string(criterion), counts, groups, at::kCPU);
+  std::vector<at::Tensor> masks;
+  for (const auto& x : request.inputs) {
+    masks.push_back(at::empty(x.sizes(), x.options().dtype(at::kBool)));  // every element written
+  }
+  at::Tensor thresholds = at::empty({static_cast<int64_t>(request.counts.size())}, at::kDouble);
+  if (request.inputs.empty()) {  // Python answers this case; kept for direct callers
+    return {masks, thresholds.fill_(std::numeric_limits<double>::infinity())};
+  }
+  double* threshold = thresholds.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, request.inputs[0].scalar_type(),
                                   "topk_masks_cpu", [&] {
-                                    check_no_nan<scalar_t>(tensors);
-                                    if (k == 0 || k == total) {
-                                      for (auto& m : masks) m.fill_(k == total);
-                                    } else {
-                                      select<scalar_t>(tensors, k, masks);
-                                    }
-                                  });
-  return masks;
+    topk::dispatch_criterion(request.criterion, [&](auto criterion_tag) {
+      GroupSelector<scalar_t, decltype(criterion_tag)::value> selector(request, masks);
+      for (size_t g = 0; g < request.counts.size(); ++g) threshold[g] = selector.select(g);
+    });
+  });
+  return {masks, thresholds};
 }
 
 }  // namespace

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import torch
 
 from prunekit import Thresholder, hookimpl
-from prunekit.ops import topk_mask
+from prunekit.ops import topk_masks
 
 
 def erk_keep_counts(shapes: Sequence[Sequence[int]], keep_ratio: float,
@@ -56,7 +56,7 @@ class ERKThresholder(Thresholder):
     def masks(self, scores: Mapping[str, torch.Tensor], keep_ratio: float,
               scope: str | None = None):
         counts = erk_keep_counts([s.shape for s in scores.values()], keep_ratio, self.power)
-        return {n: topk_mask(s, k) for (n, s), k in zip(scores.items(), counts)}
+        return dict(zip(scores, topk_masks(list(scores.values()), counts, scope="layer").masks))
 
 
 @hookimpl
