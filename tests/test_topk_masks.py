@@ -179,15 +179,17 @@ def test_empty_inputs_and_tensors():
     assert layer.thresholds.tolist() == [math.inf, 1.0]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n", [5, HISTOGRAM_PATH])
-def test_nan_names_the_first_input_and_index(n):
+def test_nan_names_the_first_input_and_index(n, device):
     later_group = torch.zeros(n)
     later_group[3] = math.nan
     earlier = torch.tensor([0.0, 1.0, math.nan])
-    for scope, k in (("global", 1), ("layer", [1, 1, 1])):
+    inputs = [x.to(device) for x in (torch.ones(4), earlier, later_group)]
+    for scope, k in (("global", 1), ("layer", [1, 1, 1]), ("layer", [1, 0, 0])):
         with pytest.raises(RuntimeError, match=r"NaN score \(criterion score\) in inputs\[1\] "
                                                r"at flat index 2"):
-            topk_masks([torch.ones(4), earlier, later_group], k, scope=scope)
+            topk_masks(inputs, k, scope=scope)
 
 
 def test_nan_made_by_the_criterion_is_named():
