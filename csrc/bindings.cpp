@@ -28,9 +28,20 @@ bool cuda_compiled() {
 #endif
 }
 
+// at::parallel_for in this extension runs on torch's threads only when compiled with OpenMP.
+bool openmp_compiled() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "prunekit kernels; call them through prunekit.ops";
   m.def("cuda_compiled", &cuda_compiled, "Whether this build includes the CUDA kernels.");
+  m.def("openmp_compiled", &openmp_compiled,
+        "Whether this build's parallel loops use OpenMP (else they run on one thread).");
 }

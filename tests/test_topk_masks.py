@@ -6,12 +6,13 @@ the device under test, so a CUDA run sees the same data. Groups above 65536 elem
 the histogram passes, smaller ones through the direct selection; both sizes are tested.
 """
 import math
+import sys
 
 import pytest
 import torch
 
 from prunekit import ops
-from prunekit.ops import topk_masks, topk_masks_reference
+from prunekit.ops import criterion_scores, topk_masks, topk_masks_reference
 
 CUDA = torch.cuda.is_available() and ops.cuda_compiled()
 CUDA_SKIP_REASON = ("no CUDA GPU on this machine" if not torch.cuda.is_available()
@@ -122,6 +123,23 @@ def test_fused_criteria_rank_the_scorers_formulas():
     assert kept["snip"].masks[0].tolist() == [True, False, True, False]       # 3, 2, 3, .4
     assert kept["gradflow"].masks[0].tolist() == [True, True, False, False]   # 9, 4, 1.5, 1.6
     assert [kept[c].thresholds.item() for c in CRITERIA] == [3.0, 3.0, 4.0]
+
+
+def test_fused_criteria_are_the_scorers_own_scores():
+    """Fusing must not change a mask: the op scores exactly as the scorer plugins do (float32)."""
+    from prunekit_plugins.gradflow import GradFlowScorer
+    from prunekit_plugins.snip import SnipScorer
+
+    generator = torch.Generator().manual_seed(5)
+    w, g = torch.randn(10_000, generator=generator), torch.randn(10_000, generator=generator)
+    assert torch.equal(criterion_scores(w, g, "snip"), SnipScorer.criterion(w, g))
+    assert torch.equal(criterion_scores(w, g, "gradflow"), GradFlowScorer.criterion(w, g))
+    assert torch.equal(criterion_scores(w, None, "magnitude"), w.abs())
+
+
+def test_the_extension_runs_its_parallel_loops_on_torch_threads():
+    # without OpenMP, at::parallel_for in the extension silently runs on one thread
+    assert ops._C.openmp_compiled() == sys.platform.startswith("linux")
 
 
 @pytest.mark.parametrize("device", DEVICES)
