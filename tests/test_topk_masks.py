@@ -2,8 +2,10 @@
 
 Every comparison is exact: kept sets and thresholds equal element for element, for both scopes,
 every criterion and every dtype. Inputs are built on the CPU from seeded generators and moved to
-the device under test, so a CUDA run sees the same data. Groups above 65536 elements go through
-the histogram passes, smaller ones through the direct selection; both sizes are tested.
+the device under test, so a CUDA run sees the same data. On the CPU, groups above 65536 elements
+go through the histogram passes, smaller ones through the direct selection, and groups from 2^20
+elements first try a key range guessed from a strided sample; every path is tested, the sampled
+one also with inputs that mislead its sample.
 """
 import math
 import sys
@@ -24,6 +26,7 @@ KINDS = ["normal", "heavy ties", "mostly zero", "all equal", "lowest mantissa bi
          "inf and signed zeros"]
 CRITERIA = ["magnitude", "snip", "gradflow"]
 HISTOGRAM_PATH = 65_537  # a group larger than one chunk is histogrammed
+SAMPLED_PATH = 1 << 20  # a group this large first tries a range from a strided sample
 
 
 def values(kind, n, generator):
@@ -163,6 +166,42 @@ def test_group_sizes_around_the_chunk_take_either_path(n, device):
                                  scope="layer", device=device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+def test_large_groups_equal_the_reference(kind, dtype, device):
+    """Sampled range when the sample brackets the k-th score; exact passes when ties crowd it."""
+    generator = torch.Generator().manual_seed(KINDS.index(kind) + 11 * DTYPES.index(dtype))
+    tensors = [values(kind, n, generator).to(dtype) for n in (SAMPLED_PATH - 999, 70_001, 3)]
+    total = sum(t.numel() for t in tensors)
+    for k in (1, int(torch.randint(0, total, (), generator=generator)), total // 2, total - 1):
+        assert_matches_reference(tensors, k, device=device)
+    assert_matches_reference(tensors, [SAMPLED_PATH // 10, 7, 1], scope="layer", device=device)
+
+
+def sampled_positions(n):
+    """Where the CPU's strided sample looks: the first 64 of every 8192 of each 65536-chunk."""
+    return (torch.arange(n) % 65_536) % 8_192 < 64
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["sample too low", "sample too high", "range too crowded"])
+def test_a_misleading_sample_still_gives_exact_masks(case, device):
+    n = 2 * SAMPLED_PATH
+    generator = torch.Generator().manual_seed(1)
+    sampled, rest = torch.rand(n, generator=generator), torch.rand(n, generator=generator)
+    if case == "sample too low":  # the range falls below the k-th score
+        rest += 2
+    elif case == "sample too high":  # ... above it
+        sampled += 2
+    else:  # nearly every score lies in the range: the candidates exceed their cap
+        rest.fill_(0.5)
+    scores = torch.where(sampled_positions(n), sampled, rest)
+    for ratio in (0.1, 0.5, 0.9):
+        got = assert_matches_reference([scores], keep_ratio=ratio, device=device)
+        assert int(got.masks[0].sum()) == round(ratio * n)
+
+
 def test_ties_across_tensors_go_to_the_earlier_tensor_then_the_lower_index():
     a, b = torch.tensor([1.0, 2.0, 1.0]), torch.tensor([1.0, 3.0])
     got = topk_masks([a, b], 3)  # 3.0, 2.0, then the first 1.0: a[0]
@@ -208,6 +247,15 @@ def test_nan_names_the_first_input_and_index(n, device):
         with pytest.raises(RuntimeError, match=r"NaN score \(criterion score\) in inputs\[1\] "
                                                r"at flat index 2"):
             topk_masks(inputs, k, scope=scope)
+
+
+def test_nan_outside_the_sample_of_a_large_group_is_named():
+    scores = torch.rand(SAMPLED_PATH + 5, generator=torch.Generator().manual_seed(2))
+    scores[5_000] = -math.nan
+    assert not sampled_positions(scores.numel())[5_000]
+    for k in (1, scores.numel() // 2):
+        with pytest.raises(RuntimeError, match=r"in inputs\[1\] at flat index 5000"):
+            topk_masks([torch.ones(3), scores], k)
 
 
 def test_nan_made_by_the_criterion_is_named():

@@ -6,11 +6,18 @@
 //           histogram per thread, merged), noting any NaN; the bucket holding the k-th largest
 //           key follows from a scan of the histogram from the top;
 //   pass 2  write the group's masks: keys above the bucket are kept, keys below are dropped, keys
-//           inside it are gathered as candidates (key, input, flat index);
-//   finish  keep the best (k - above) candidates, largest key first, ties to the lower (input,
-//           flat index), so the result is exact and deterministic.
+//           inside it are gathered as candidates (key, input, flat index); the loop compares the
+//           scores with the bucket's bounds as values, which orders them as their keys;
+//   finish  keep the best (k - above) candidates: the (k - above)-th largest key among them, then
+//           its ties by the lower (input, flat index), so the result is exact and deterministic.
+// Large groups first try to skip pass 1: a strided sample of the keys brackets the k-th largest
+// key in a narrow range (a few binomial standard deviations of its rank in the sample either
+// side), and pass 2 runs on that range instead of a bucket. When the range turns out not to hold
+// the k-th key (an unrepresentative sample) or holds far more keys than the sample promised
+// (ties), the exact passes run instead, so the result never depends on the sample.
 // A group small enough to be one chunk skips the histogram: all its elements are candidates.
-// Extra memory: the histograms and one bucket's candidates, not a copy of the scores.
+// Extra memory: the histograms and the candidates of one bucket or range (a sampled range's are
+// capped near twice the sample's estimate), not a copy of the scores.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -18,9 +25,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <limits>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -35,6 +46,14 @@ constexpr int64_t kGrain = 1 << 16;  // elements per parallel chunk
 constexpr int64_t kRun = 64;         // elements per inner run of a chunk
 constexpr int kBucketBits = 16;
 constexpr int kBuckets = 1 << kBucketBits;
+// The sampled pass: groups from kSampledMin elements; the first kRun elements of every
+// kSampleStride are sampled; the range spans kSampleSigmas binomial standard deviations of the
+// sample rank either side; it is given up when it would hold more than 1/kMaxRangeShare of the
+// group.
+constexpr int64_t kSampledMin = int64_t(1) << 20;
+constexpr int64_t kSampleStride = 8192;
+constexpr double kSampleSigmas = 4.0;
+constexpr int64_t kMaxRangeShare = 16;
 
 struct Candidate {
   uint64_t key;
@@ -42,12 +61,23 @@ struct Candidate {
   int64_t index;
 };
 
-bool better(const Candidate& a, const Candidate& b) {
-  if (a.key != b.key) return a.key > b.key;
-  if (a.input != b.input) return a.input < b.input;
-  return a.index < b.index;
+// Ties at the threshold go to the lower (input, flat index).
+bool earlier(const Candidate& a, const Candidate& b) {
+  return a.input != b.input ? a.input < b.input : a.index < b.index;
 }
 
+// The number of true bytes among n bools.
+int64_t count_true(const bool* flags, int n) {
+  int64_t count = 0;
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t word;
+    std::memcpy(&word, flags + i, sizeof(word));
+    count += (word * 0x0101010101010101ull) >> 56;  // sums the eight 0/1 bytes
+  }
+  for (; i < n; ++i) count += flags[i];
+  return count;
+}
 // The scores of every input, read through the criterion at compile time.
 template <typename scalar_t, Criterion C>
 struct ScoreReader {
@@ -112,47 +142,103 @@ template <typename Reader>
   TORCH_CHECK(false, "topk_masks: a NaN score was seen but not found again");
 }
 
+// The keys from `low` to `high`, both included.
+template <typename key_t>
+struct KeyRange {
+  key_t low, high;
+};
+
+// What a masking pass leaves to the selection: the keys inside its range, how many lay above it.
+struct Masked {
+  std::vector<Candidate> candidates;
+  int64_t above = 0;
+  bool nan = false;
+  bool overflow = false;  // more candidates than the pass allowed: it stopped early
+};
+
 template <typename scalar_t, Criterion C>
 class GroupSelector {
   using Reader = ScoreReader<scalar_t, C>;
   using float_t = typename Reader::float_t;
   using key_t = typename Reader::key_t;
+  using Range = KeyRange<key_t>;
 
  public:
   GroupSelector(const topk::Request& request, std::vector<at::Tensor>& masks)
-      : request_(request), reader_(request), masks_(masks) {}
+      : request_(request), reader_(request), masks_(masks) {
+    for (auto& mask : masks_) mask_data_.push_back(mask.data_ptr<bool>());
+  }
 
   // Writes the masks of group g's inputs and returns its threshold.
   double select(int64_t g) {
     const std::vector<int64_t>& members = request_.members[g];
     const int64_t k = request_.counts[g];
     const int64_t total = request_.totals[g];
-    if (total == 0) return std::numeric_limits<double>::infinity();
-    std::vector<Candidate> candidates;
-    int64_t above = 0;
+    if (total == 0) return none_kept;
     if (total <= kGrain) {
-      candidates = all_candidates(members);  // masks start false
-    } else {
-      const std::vector<int64_t> counts = histogram(members, total);
-      if (k == 0) {
-        for (int64_t t : members) masks_[t].fill_(false);
-      } else {
-        int bucket = kBuckets - 1;
-        while (above + counts[bucket] < k) above += counts[bucket--];
-        candidates = write_masks_outside(members, bucket);
-      }
+      std::vector<Candidate> candidates = all_candidates(members);  // masks start false
+      return k == 0 ? none_kept : keep_best(candidates, k);
     }
-    if (k == 0) return std::numeric_limits<double>::infinity();
-    const int64_t wanted = k - above;  // >= 1: the k-th largest key lies in the bucket
-    const auto kth = candidates.begin() + (wanted - 1);
-    std::nth_element(candidates.begin(), kth, candidates.end(), better);
-    for (int64_t c = 0; c < wanted; ++c) {
-      masks_[candidates[c].input].data_ptr<bool>()[candidates[c].index] = true;
+    if (k > 0 && total >= kSampledMin) {
+      if (const auto threshold = select_in_sampled_range(members, k, total)) return *threshold;
     }
-    return static_cast<double>(topk::value_of_key<float_t>(static_cast<key_t>(kth->key)));
+    return select_exact(members, k, total);
   }
 
  private:
+  static constexpr double none_kept = std::numeric_limits<double>::infinity();
+
+  // Pass 2 over a range from a sample; no threshold when the range does not hold the k-th key.
+  std::optional<double> select_in_sampled_range(const std::vector<int64_t>& members, int64_t k,
+                                                int64_t total) {
+    int64_t expected = 0;
+    const auto range = sampled_range(members, k, total, expected);
+    if (!range) return std::nullopt;
+    Masked masked = write_masks(members, *range, 2 * expected + kGrain);
+    if (masked.nan) fail_on_first_nan(request_, reader_);
+    const int64_t inside = static_cast<int64_t>(masked.candidates.size());
+    if (masked.overflow || masked.above >= k || masked.above + inside < k) return std::nullopt;
+    return keep_best(masked.candidates, k - masked.above);
+  }
+
+  // Passes 1 and 2: the bucket of the k-th key from the histogram, then its candidates.
+  double select_exact(const std::vector<int64_t>& members, int64_t k, int64_t total) {
+    const std::vector<int64_t> counts = histogram(members, total);
+    if (k == 0) {
+      for (int64_t t : members) masks_[t].fill_(false);
+      return none_kept;
+    }
+    int64_t above = 0;
+    int bucket = kBuckets - 1;
+    while (above + counts[bucket] < k) above += counts[bucket--];
+    const key_t low = static_cast<key_t>(bucket) << Reader::kShift;
+    const key_t span = (key_t(1) << Reader::kShift) - 1;
+    Masked masked = write_masks(members, {low, static_cast<key_t>(low | span)},
+                                std::numeric_limits<int64_t>::max());
+    return keep_best(masked.candidates, k - masked.above);
+  }
+
+  // Keeps the `wanted` best candidates (1 <= wanted <= size) and returns the smallest kept score:
+  // the wanted-th largest key first, then the ties at it by position.
+  double keep_best(const std::vector<Candidate>& candidates, int64_t wanted) {
+    std::vector<key_t> keys(candidates.size());
+    for (size_t c = 0; c < candidates.size(); ++c) keys[c] = static_cast<key_t>(candidates[c].key);
+    std::nth_element(keys.begin(), keys.begin() + (wanted - 1), keys.end(), std::greater<>());
+    const key_t kth = keys[wanted - 1];
+    std::vector<Candidate> ties;
+    for (const Candidate& c : candidates) {
+      if (c.key > kth) {
+        mask_data_[c.input][c.index] = true;
+        --wanted;
+      } else if (c.key == kth) {
+        ties.push_back(c);
+      }
+    }
+    std::nth_element(ties.begin(), ties.begin() + (wanted - 1), ties.end(), earlier);
+    for (int64_t c = 0; c < wanted; ++c) mask_data_[ties[c].input][ties[c].index] = true;
+    return static_cast<double>(topk::value_of_key<float_t>(kth));
+  }
+
   // Small groups: every element is a candidate; every mask starts false.
   std::vector<Candidate> all_candidates(const std::vector<int64_t>& members) {
     std::vector<Candidate> candidates;
@@ -168,6 +254,45 @@ class GroupSelector {
     }
     if (nan) fail_on_first_nan(request_, reader_);
     return candidates;
+  }
+
+  // A key range that almost surely holds the k-th largest key, from a strided sample; none when
+  // it would hold too large a share of the group (ties). `expected` is its share of the group.
+  std::optional<Range> sampled_range(const std::vector<int64_t>& members, int64_t k,
+                                     int64_t total, int64_t& expected) {
+    std::vector<std::vector<key_t>> local(at::get_num_threads());
+    for_chunks(request_, members, [&](int64_t t, int64_t begin, int64_t end) {
+      auto& keys = local[at::get_thread_num()];
+      const auto scores = reader_.inputs[t];
+      for (int64_t run = begin; run < end; run += kSampleStride) {
+        for (int64_t i = run; i < std::min(end, run + kRun); ++i) keys.push_back(scores.key(i));
+      }
+    });
+    std::vector<key_t> sample;
+    for (const auto& part : local) sample.insert(sample.end(), part.begin(), part.end());
+    const auto size = static_cast<int64_t>(sample.size());
+    // The number of sampled keys at or above the k-th largest is binomial(size, k / total).
+    const double share = static_cast<double>(k) / static_cast<double>(total);
+    const double margin = kSampleSigmas * std::sqrt(size * share * (1 - share)) + 1;
+    const auto first = static_cast<int64_t>(std::floor(share * size - margin));  // 1-based ranks
+    const auto last = static_cast<int64_t>(std::ceil(share * size + margin));
+    Range range{std::numeric_limits<key_t>::min(), std::numeric_limits<key_t>::max()};
+    auto descending = [](key_t a, key_t b) { return a > b; };
+    if (first >= 1) {
+      std::nth_element(sample.begin(), sample.begin() + (first - 1), sample.end(), descending);
+      range.high = sample[first - 1];
+    }
+    if (last <= size) {
+      const auto from = sample.begin() + std::max<int64_t>(first, 0);
+      std::nth_element(from, sample.begin() + (last - 1), sample.end(), descending);
+      range.low = sample[last - 1];
+    }
+    const auto inside = std::count_if(sample.begin(), sample.end(), [&](key_t key) {
+      return range.low <= key && key <= range.high;
+    });
+    if (inside * kMaxRangeShare > size) return std::nullopt;
+    expected = static_cast<int64_t>(static_cast<double>(inside) / size * total);
+    return range;
   }
 
   // Pass 1: elements per top-16-bit bucket over the group; raises on NaN. A thread's counts fit
@@ -210,41 +335,79 @@ class GroupSelector {
     return counts;
   }
 
-  // Pass 2: masks of the keys outside `bucket`; the keys inside it, returned as candidates. Runs
-  // of kRun elements are masked by a branch-free (vectorisable) loop that also notes whether any
-  // key falls in the bucket; only such runs are read again to gather the candidates.
-  std::vector<Candidate> write_masks_outside(const std::vector<int64_t>& members, int bucket) {
-    const key_t low = static_cast<key_t>(bucket) << Reader::kShift;
-    const key_t span = (key_t(1) << Reader::kShift) - 1;  // keys low .. high are in it
-    const key_t high = low | span;
-    std::vector<std::vector<Candidate>> gathered(at::get_num_threads());
+  // The masking pass: keys above `range` are kept, keys below it dropped, keys inside it
+  // gathered as candidates (their masks false for now), stopping once there are more than
+  // `cap`. Runs of kRun elements are compared by a branch-free (vectorisable) loop on the scores
+  // themselves, which flags the scores inside the range and any NaN; only flagged scores are
+  // read again.
+  Masked write_masks(const std::vector<int64_t>& members, Range range, int64_t cap) {
+    const float_t low = bound_value(range.low), high = bound_value(range.high);
+    const int threads = at::get_num_threads();
+    std::vector<std::vector<Candidate>> gathered(threads);
+    std::vector<int64_t> above(threads, 0);
+    std::vector<char> nan(threads, 0);
+    std::atomic<bool> overflow{false};
     for_chunks(request_, members, [&](int64_t t, int64_t begin, int64_t end) {
-      bool* out = masks_[t].data_ptr<bool>();
+      if (overflow.load(std::memory_order_relaxed)) return;
+      const int thread = at::get_thread_num();
+      bool* out = mask_data_[t];
       const auto scores = reader_.inputs[t];
-      auto& candidates = gathered[at::get_thread_num()];
+      auto& candidates = gathered[thread];
+      int64_t kept = 0;
+      bool nans = false;
       for (int64_t run = begin; run < end; run += kRun) {
-        const int64_t run_end = std::min(end, run + kRun);
-        key_t inside = 0;
-        for (int64_t i = run; i < run_end; ++i) {
-          const key_t key = scores.key(i);
-          out[i] = key > high;
-          inside |= key - low <= span;
+        const int n = static_cast<int>(std::min(kRun, end - run));
+        alignas(8) uint8_t flagged[kRun] = {};
+        for (int j = 0; j < n; ++j) {
+          const float_t score = scores[run + j];
+          out[run + j] = score > high;
+          flagged[j] = ((low <= score) & (score <= high)) | (score != score);
         }
-        if (!inside) continue;
-        for (int64_t i = run; i < run_end; ++i) {
-          const key_t key = scores.key(i);
-          if (key - low <= span) candidates.push_back({static_cast<uint64_t>(key), t, i});
+        kept += count_true(out + run, n);
+        for (int word = 0; word < n; word += 8) {
+          uint64_t flags;
+          std::memcpy(&flags, flagged + word, sizeof(flags));
+          if (flags == 0) continue;
+          for (int j = word; j < word + 8; ++j) {
+            if (!flagged[j]) continue;
+            const float_t score = scores[run + j];
+            nans |= score != score;
+            candidates.push_back({topk::order_key<float_t>(score), t, run + j});
+          }
+        }
+        if (static_cast<int64_t>(candidates.size()) > cap) {
+          overflow = true;
+          return;
         }
       }
+      above[thread] += kept;
+      nan[thread] |= nans;
     });
-    std::vector<Candidate> candidates;
-    for (auto& part : gathered) candidates.insert(candidates.end(), part.begin(), part.end());
-    return candidates;
+    Masked masked;
+    masked.overflow = overflow;
+    masked.nan = std::find(nan.begin(), nan.end(), 1) != nan.end();
+    for (int64_t part : above) masked.above += part;
+    for (auto& part : gathered) {
+      masked.candidates.insert(masked.candidates.end(), part.begin(), part.end());
+    }
+    return masked;
+  }
+
+  // A range bound as a score: scores compare with it as their keys compare with the key. The
+  // keys beyond those of -inf and inf (NaN's) bound no score, so they become -inf and inf.
+  // -0.0's key is never made (-0.0 scores get 0.0's), so it bounds as the largest negative score.
+  static float_t bound_value(key_t key) {
+    using limits = std::numeric_limits<float_t>;
+    if (key <= topk::order_key<float_t>(-limits::infinity())) return -limits::infinity();
+    if (key >= topk::order_key<float_t>(limits::infinity())) return limits::infinity();
+    const float_t value = topk::value_of_key<float_t>(key);
+    return value == 0 && std::signbit(value) ? -limits::denorm_min() : value;
   }
 
   const topk::Request& request_;
   Reader reader_;
   std::vector<at::Tensor>& masks_;
+  std::vector<bool*> mask_data_;
 };
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> topk_masks_cpu(at::TensorList inputs,
