@@ -16,6 +16,12 @@ TORCH_LIBRARY(prunekit, m) {
   // when it keeps none) as float64. One dtype and device; a NaN score is an error naming the input.
   m.def("topk_masks(Tensor[] inputs, Tensor[] grads, str criterion, int[] counts, int[] groups)"
         " -> (Tensor[], Tensor)");
+  // conv2d (groups 1) with a sparse weight stored as CSR rows, one per output channel: row oc's
+  // kept weights are values[row_offsets[oc]:row_offsets[oc+1]], at flattened (in-channel, kh, kw)
+  // positions columns[...]. Only kept weights are multiplied. float32/float64.
+  m.def("sparse_conv2d(Tensor input, Tensor values, Tensor row_offsets, Tensor columns, "
+        "Tensor? bias, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) "
+        "-> Tensor");
 }
 
 namespace {

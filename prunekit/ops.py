@@ -17,6 +17,8 @@ except ImportError as exc:  # pragma: no cover - only without a build
     raise ImportError("prunekit._C is not built; run `make install` "
                       "(pip install --no-build-isolation -e .)") from exc
 
+from .sparse_conv import SparseConv2d, sparse_conv2d, sparse_conv2d_reference  # noqa: E402,F401
+
 
 def cuda_compiled() -> bool:
     """Whether the extension was built with its CUDA kernels."""

@@ -1,0 +1,144 @@
+"""Sparse masked convolution: a pruned conv layer that multiplies only its kept weights.
+
+``SparseConv2d.from_conv(conv, mask)`` stores the kept weights of ``conv.weight`` as CSR rows, one
+per output channel (values, and each value's column in the flattened (in-channel, kh, kw)
+filter), and its forward calls the ``sparse_conv2d`` kernel of prunekit._C: no im2col of the
+input, no densified weight. ``sparse_conv2d_reference`` is ``F.conv2d`` on the masked dense weight,
+the oracle of the tests. Forward only: the kernel has no backward yet, so the layer is for
+inference (an exported model); training keeps the dense layer with its mask.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _C  # noqa: F401  (registers torch.ops.prunekit.sparse_conv2d)
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return pair
+
+
+def sparse_conv2d(input: torch.Tensor, values: torch.Tensor, row_offsets: torch.Tensor,
+                  columns: torch.Tensor, kernel_size, bias: torch.Tensor | None = None,
+                  stride=1, padding=0, dilation=1) -> torch.Tensor:
+    """``conv2d`` (groups 1) of ``input`` [N, C, H, W] with a weight given as CSR rows.
+
+    Row ``oc`` (output channel) holds ``values[row_offsets[oc]:row_offsets[oc + 1]]`` at the
+    flattened (in-channel, kh, kw) positions ``columns[...]``; every other weight is zero and is
+    never multiplied. float32 or float64.
+    """
+    return torch.ops.prunekit.sparse_conv2d(
+        input, values, row_offsets, columns, bias, _pair(kernel_size, "kernel_size"),
+        _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"))
+
+
+def sparse_conv2d_reference(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
+                            bias: torch.Tensor | None = None, stride=1, padding=0,
+                            dilation=1) -> torch.Tensor:
+    """Pure-torch ``sparse_conv2d``: ``F.conv2d`` with the pruned weights set to zero."""
+    return F.conv2d(input, weight * mask, bias, stride, padding, dilation)
+
+
+def csr_rows(weight: torch.Tensor, mask: torch.Tensor):
+    """The kept weights of ``weight`` [out, in, kh, kw] as (values, row_offsets, columns)."""
+    flat = weight.detach().reshape(weight.shape[0], -1)
+    kept = mask.reshape(flat.shape)
+    rows, columns = kept.nonzero(as_tuple=True)  # row-major: sorted by row, then column
+    counts = torch.bincount(rows, minlength=flat.shape[0])
+    row_offsets = torch.zeros(flat.shape[0] + 1, dtype=torch.int64, device=weight.device)
+    row_offsets[1:] = counts.cumsum(0)
+    return flat[rows, columns].contiguous(), row_offsets, columns.to(torch.int32)
+
+
+def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        # torch pads "same" asymmetrically when the total is odd; only symmetric cases map here
+        totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        if any(total % 2 for total in totals):
+            raise ValueError("padding='same' with an even dilated kernel pads asymmetrically; "
+                             "sparse_conv2d pads symmetrically")
+        return (totals[0] // 2, totals[1] // 2)
+    return tuple(conv.padding)
+
+
+class SparseConv2d(nn.Module):
+    """A conv layer computing only its kept weights (CSR rows over output channels).
+
+    Build it with ``SparseConv2d.from_conv(conv, mask)``. Its outputs equal
+    ``F.conv2d(x, conv.weight * mask, conv.bias, ...)`` within float rounding. State: the buffers
+    ``values``, ``row_offsets``, ``columns`` and ``bias`` (when the conv has one).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, values: torch.Tensor,
+                 row_offsets: torch.Tensor, columns: torch.Tensor,
+                 bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        self.register_buffer("values", values)
+        self.register_buffer("row_offsets", row_offsets)
+        self.register_buffer("columns", columns)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, mask: torch.Tensor | None = None) -> "SparseConv2d":
+        """The sparse form of ``conv`` keeping the weights where ``mask`` is true.
+
+        mask: bool, of ``conv.weight``'s shape; None keeps the nonzero weights.
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"expected an nn.Conv2d, got {type(conv).__name__}")
+        if conv.groups != 1:
+            raise ValueError(f"sparse_conv2d supports groups=1, this conv has {conv.groups}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"sparse_conv2d pads with zeros, this conv pads "
+                             f"{conv.padding_mode!r}")
+        weight = conv.weight.detach()
+        if mask is None:
+            mask = weight != 0
+        if mask.shape != weight.shape or mask.dtype != torch.bool:
+            raise ValueError(f"expected a bool mask of shape {tuple(weight.shape)}, got "
+                             f"{mask.dtype} {tuple(mask.shape)}")
+        values, row_offsets, columns = csr_rows(weight, mask.to(weight.device))
+        bias = None if conv.bias is None else conv.bias.detach().clone()
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, values, row_offsets,
+                   columns, bias, conv.stride, _explicit_padding(conv), conv.dilation)
+
+    @property
+    def density(self) -> float:
+        """Kept weights over all weights of the layer."""
+        total = self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        return self.values.numel() / total
+
+    def dense_weight(self) -> torch.Tensor:
+        """The full weight with pruned positions zero (for checks and for going back)."""
+        kh, kw = self.kernel_size
+        weight = self.values.new_zeros(self.out_channels, self.in_channels * kh * kw)
+        rows = torch.repeat_interleave(
+            torch.arange(self.out_channels, device=self.values.device),
+            self.row_offsets.diff())
+        weight[rows, self.columns.long()] = self.values
+        return weight.reshape(self.out_channels, self.in_channels, kh, kw)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() != 4 or input.shape[1] != self.in_channels:
+            raise ValueError(f"expected input [N, {self.in_channels}, H, W], got "
+                             f"{tuple(input.shape)}")
+        return sparse_conv2d(input, self.values, self.row_offsets, self.columns,
+                             self.kernel_size, self.bias, self.stride, self.padding,
+                             self.dilation)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"density={self.density:.3f}")

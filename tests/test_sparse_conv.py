@@ -1,0 +1,206 @@
+"""The sparse masked convolution (prunekit.ops.SparseConv2d, sparse_conv2d) against F.conv2d on the
+masked dense weight: random and adversarial shapes, strides, paddings, dilations, batch sizes and
+masks (all pruned, all kept, one weight, empty rows), float32 and float64.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit import ops
+from prunekit.ops import SparseConv2d, sparse_conv2d, sparse_conv2d_reference
+
+CUDA = torch.cuda.is_available() and ops.cuda_compiled()
+DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+TOLERANCE = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+
+
+def random_mask(shape, density, generator):
+    return torch.rand(shape, generator=generator) < density
+
+
+def assert_matches_reference(conv, mask, x, device="cpu"):
+    conv, x, mask = conv.to(device), x.to(device), mask.to(device)
+    sparse = SparseConv2d.from_conv(conv, mask)
+    got = sparse(x)
+    want = sparse_conv2d_reference(x, conv.weight.detach(), mask, conv.bias,
+                                   sparse.stride, sparse.padding, sparse.dilation)
+    assert got.shape == want.shape and got.dtype == want.dtype and got.device == want.device
+    torch.testing.assert_close(got, want.detach(), **TOLERANCE[x.dtype])
+    return got
+
+
+def conv_layer(in_channels, out_channels, kernel, generator, dtype=torch.float32, bias=True,
+               **options):
+    conv = nn.Conv2d(in_channels, out_channels, kernel, bias=bias, **options).to(dtype)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator, dtype=dtype))
+        if bias:
+            conv.bias.copy_(torch.randn(out_channels, generator=generator, dtype=dtype))
+    return conv
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("seed", range(24))
+def test_random_layers_equal_the_masked_dense_conv(seed, dtype, device):
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw(low, high):
+        return int(torch.randint(low, high + 1, (), generator=generator))
+
+    kernel = (draw(1, 5), draw(1, 5))
+    options = dict(stride=(draw(1, 3), draw(1, 3)), padding=(draw(0, 3), draw(0, 3)),
+                   dilation=(draw(1, 4), draw(1, 4)))
+    span = [d * (k - 1) + 1 for d, k in zip(options["dilation"], kernel)]
+    height, width = span[0] + draw(0, 40), span[1] + draw(0, 70)  # odd widths and long rows
+    conv = conv_layer(draw(1, 9), draw(1, 9), kernel, generator, dtype, bias=seed % 3 > 0,
+                      **options)
+    x = torch.randn(draw(1, 3), conv.in_channels, height, width, generator=generator, dtype=dtype)
+    mask = random_mask(conv.weight.shape, [0.05, 0.3, 0.9][seed % 3], generator)
+    assert_matches_reference(conv, mask, x, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape, options", [
+    ((64, 64, 3), dict(padding=1)),                  # ResNet 3x3
+    ((32, 16, 3), dict(padding=2, dilation=2)),      # DeepLab dilated
+    ((32, 16, 3), dict(padding=4, dilation=4)),
+    ((256, 64, 1), dict()),                          # 1x1: one run over the whole plane
+    ((64, 32, 1), dict(stride=2)),                   # 1x1 downsampling
+    ((16, 16, 3), dict(stride=2, padding=1)),        # strided 3x3
+    ((8, 8, 3), dict(stride=(2, 1), padding=1)),     # height stride only
+    ((8, 8, (1, 7)), dict(padding=(0, 3))),          # non-square kernels
+    ((8, 8, (7, 1)), dict(padding=(3, 0))),
+])
+@pytest.mark.parametrize("width", [7, 31, 32, 33, 56])
+def test_network_layer_shapes(shape, options, width, device):
+    generator = torch.Generator().manual_seed(width)
+    in_channels, out_channels, kernel = shape
+    conv = conv_layer(in_channels, out_channels, kernel, generator, **options)
+    x = torch.randn(2, in_channels, 9, width, generator=generator)
+    assert_matches_reference(conv, random_mask(conv.weight.shape, 0.1, generator), x, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["all pruned", "all kept", "one weight", "empty rows"])
+def test_adversarial_masks(case, device):
+    generator = torch.Generator().manual_seed(0)
+    conv = conv_layer(5, 6, 3, generator, padding=1)
+    x = torch.randn(3, 5, 11, 13, generator=generator)
+    mask = torch.zeros(conv.weight.shape, dtype=torch.bool)
+    if case == "all kept":
+        mask.fill_(True)
+    elif case == "one weight":
+        mask[4, 2, 0, 2] = True
+    elif case == "empty rows":
+        mask[::2] = random_mask(mask[::2].shape, 0.5, generator)
+    got = assert_matches_reference(conv, mask, x, device)
+    if case == "all pruned":  # only the bias is left
+        assert torch.equal(got, conv.bias.detach().to(device).view(1, -1, 1, 1).expand_as(got))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_of_zero_images_and_values_beyond_finite(device):
+    generator = torch.Generator().manual_seed(1)
+    conv = conv_layer(3, 4, 3, generator, padding=1)
+    mask = random_mask(conv.weight.shape, 0.5, generator)
+    empty = SparseConv2d.from_conv(conv, mask).to(device)(torch.empty(0, 3, 8, 8, device=device))
+    assert empty.shape == (0, 4, 8, 8)
+    x = torch.randn(1, 3, 8, 8, generator=generator)
+    x[0, :, 2, 3] = math.inf
+    x[0, :, 5, 5] = -math.inf
+    x[0, 0, 6, 1] = math.nan
+    only_kept = torch.zeros_like(mask)
+    only_kept[:, :, 1, 1] = True  # centre taps only: each output reads its own pixel
+    got = SparseConv2d.from_conv(conv, only_kept).to(device)(x.to(device))
+    # the dense masked conv would spread inf and NaN through 0 * inf; a 1x1 conv has no zeros
+    want = F.conv2d(x, conv.weight.detach()[:, :, 1:2, 1:2], conv.bias.detach())
+    torch.testing.assert_close(got.cpu(), want, equal_nan=True)
+    assert got[0, :, 6, 1].isnan().all() and got[0, :, 0, 0].isfinite().all()
+
+
+def test_a_nan_read_only_by_pruned_weights_does_not_spread():
+    """Pruned weights are never multiplied, so 0 * NaN = NaN of the dense conv does not happen."""
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    mask = torch.zeros(conv.weight.shape, dtype=torch.bool)
+    mask[0, 0, 1, 1] = True
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 0, 0] = math.nan
+    got = SparseConv2d.from_conv(conv, mask)(x)
+    assert got[0, 0, 0, 0].isnan() and got[0, 0, 1, 1].item() == 0.0
+
+
+def test_from_conv_keeps_nonzero_weights_without_a_mask_and_round_trips_the_weight():
+    generator = torch.Generator().manual_seed(2)
+    conv = conv_layer(4, 3, 3, generator, padding=1)
+    mask = random_mask(conv.weight.shape, 0.4, generator)
+    with torch.no_grad():
+        conv.weight.mul_(mask)
+    sparse = SparseConv2d.from_conv(conv)
+    assert sparse.values.numel() == int(mask.sum())
+    assert sparse.density == pytest.approx(float(mask.float().mean()))
+    assert torch.equal(sparse.dense_weight(), conv.weight.detach())
+    assert "density=" in repr(sparse)
+
+
+def test_state_dict_round_trip():
+    generator = torch.Generator().manual_seed(3)
+    conv = conv_layer(4, 3, 3, generator, padding=1)
+    mask = random_mask(conv.weight.shape, 0.4, generator)
+    sparse = SparseConv2d.from_conv(conv, mask)
+    fresh = SparseConv2d.from_conv(conv, mask)
+    fresh.values.zero_()
+    fresh.load_state_dict(sparse.state_dict())
+    x = torch.randn(1, 4, 6, 6, generator=generator)
+    assert torch.equal(fresh(x), sparse(x))
+
+
+@pytest.mark.parametrize("padding, expected", [("same", (2, 1)), ("valid", (0, 0))])
+def test_string_paddings(padding, expected):
+    generator = torch.Generator().manual_seed(4)
+    conv = conv_layer(2, 2, (5, 3), generator, padding=padding)
+    sparse = SparseConv2d.from_conv(conv, random_mask(conv.weight.shape, 0.5, generator))
+    assert sparse.padding == expected
+    x = torch.randn(1, 2, 9, 8, generator=generator)
+    torch.testing.assert_close(sparse(x), F.conv2d(x, sparse.dense_weight(), conv.bias,
+                                                   padding=padding))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: nn.Conv2d(4, 4, 3, groups=2), "groups=1"),
+    (lambda: nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), "pads with zeros"),
+    (lambda: nn.Conv2d(2, 2, 2, padding="same"), "asymmetrically"),
+    (lambda: nn.Linear(2, 2), "expected an nn.Conv2d"),
+])
+def test_layers_it_cannot_take_are_refused(make, message):
+    layer = make()
+    with pytest.raises((ValueError, TypeError), match=message):
+        SparseConv2d.from_conv(layer, torch.ones_like(layer.weight, dtype=torch.bool))
+
+
+def test_bad_masks_and_inputs_are_refused():
+    conv = nn.Conv2d(2, 3, 3)
+    with pytest.raises(ValueError, match="bool mask of shape"):
+        SparseConv2d.from_conv(conv, torch.ones(3, 2, 3))
+    sparse = SparseConv2d.from_conv(conv, torch.ones_like(conv.weight, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"expected input \[N, 2, H, W\]"):
+        sparse(torch.ones(1, 3, 5, 5))
+    with pytest.raises(RuntimeError, match="larger than the padded input"):
+        sparse(torch.ones(1, 2, 2, 5))
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        sparse(torch.ones(1, 2, 5, 5, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("row_offsets, columns, message", [
+    ([0, 1, 3], [0, 1, 99], "columns must lie in"),
+    ([0, 3, 2, 3], [0, 1, 2], "must not decrease"),
+    ([0, 1, 2], [0, 1, 2], "from 0 to nnz"),
+    ([1, 2, 3], [0, 1, 2], "from 0 to nnz"),
+])
+def test_malformed_csr_rows_are_refused(row_offsets, columns, message):
+    with pytest.raises(RuntimeError, match=message):
+        sparse_conv2d(torch.ones(1, 2, 4, 4), torch.ones(3), torch.tensor(row_offsets),
+                      torch.tensor(columns, dtype=torch.int32), 3)
