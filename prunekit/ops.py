@@ -67,7 +67,8 @@ def topk_masks(inputs: Sequence[torch.Tensor], k: int | Sequence[int] | None = N
     """Bool masks keeping the largest scores of many tensors, without concatenating or sorting.
 
     A radix search on the floats' bits: a histogram of the top 16 bits, then the candidates of one
-    bucket. Extra memory is the histograms and that bucket, not a copy of the inputs.
+    bucket; on the CPU, groups from 2^20 elements first try one pass over a key range bracketed by
+    a strided sample. Extra memory is the histograms and the candidates, not a copy of the inputs.
 
     inputs: the scores, or the weights when ``criterion`` computes the scores from them.
     criterion: ``score`` (the inputs are the scores), ``magnitude`` (|w|), ``snip`` (|w*g|) or
