@@ -5,6 +5,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "simd/simd.h"
+
 TORCH_LIBRARY(prunekit, m) {
   // Bool mask of scores' shape keeping exactly k elements: the k largest, ties at the threshold
   // broken by lower flat index. NaN scores are an error.
@@ -50,4 +52,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_compiled", &cuda_compiled, "Whether this build includes the CUDA kernels.");
   m.def("openmp_compiled", &openmp_compiled,
         "Whether this build's parallel loops use OpenMP (else they run on one thread).");
+  m.def("simd_level", [] { return prunekit::simd::use_avx2() ? "avx2" : "default"; },
+        "Which build of the CPU hot loops runs: 'avx2' or 'default'.");
+  m.def("force_default_simd", &prunekit::simd::force_default, py::arg("forced"),
+        "Run the default build of the CPU hot loops even on AVX2 CPUs (for tests), or not.");
 }

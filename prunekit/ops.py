@@ -5,6 +5,7 @@ is missing, importing this module fails with instructions.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import NamedTuple, Sequence
@@ -23,6 +24,23 @@ from .sparse_conv import SparseConv2d, sparse_conv2d, sparse_conv2d_reference  #
 def cuda_compiled() -> bool:
     """Whether the extension was built with its CUDA kernels."""
     return _C.cuda_compiled()
+
+
+def simd_level() -> str:
+    """Which build of the CPU hot loops runs: ``"avx2"`` (x86-64 CPUs with AVX2 and FMA) or
+    ``"default"`` (any CPU). The choice is made by the CPU, at run time."""
+    return _C.simd_level()
+
+
+@contextlib.contextmanager
+def default_simd():
+    """Runs the default build of the CPU hot loops inside the block, even on an AVX2 CPU (to test
+    or compare the builds). Process-wide: not for concurrent use from several threads."""
+    _C.force_default_simd(True)
+    try:
+        yield
+    finally:
+        _C.force_default_simd(False)
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -72,3 +72,16 @@ def tasks():
 @pytest.fixture
 def batches():
     return make_batches()
+
+
+@pytest.fixture(params=["best", "default"])
+def cpu_build(request):
+    """Runs a kernel test twice on the CPU: with the hot loops' build this CPU picks (AVX2 where it
+    has it) and with the default build, which other x86-64 CPUs run."""
+    from prunekit import ops
+
+    if request.param == "default":
+        with ops.default_simd():
+            yield "default"
+    else:
+        yield ops.simd_level()

@@ -1,6 +1,7 @@
 """The sparse masked convolution (prunekit.ops.SparseConv2d, sparse_conv2d) against F.conv2d on the
 masked dense weight: random and adversarial shapes, strides, paddings, dilations, batch sizes and
-masks (all pruned, all kept, one weight, empty rows), float32 and float64.
+masks (all pruned, all kept, one weight, empty rows), float32 and float64. The random and network
+shapes run with both builds of the CPU loops (AVX2 and default; the `cpu_build` fixture).
 """
 import math
 
@@ -42,6 +43,7 @@ def conv_layer(in_channels, out_channels, kernel, generator, dtype=torch.float32
     return conv
 
 
+@pytest.mark.usefixtures("cpu_build")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("seed", range(24))
@@ -63,6 +65,7 @@ def test_random_layers_equal_the_masked_dense_conv(seed, dtype, device):
     assert_matches_reference(conv, mask, x, device)
 
 
+@pytest.mark.usefixtures("cpu_build")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape, options", [
     ((64, 64, 3), dict(padding=1)),                  # ResNet 3x3

@@ -5,7 +5,8 @@ every criterion and every dtype. Inputs are built on the CPU from seeded generat
 the device under test, so a CUDA run sees the same data. On the CPU, groups above 65536 elements
 go through the histogram passes, smaller ones through the direct selection, and groups from 2^20
 elements first try a key range guessed from a strided sample; every path is tested, the sampled
-one also with inputs that mislead its sample.
+one also with inputs that mislead its sample. Tests of groups that span chunks run with both
+builds of the CPU loops (AVX2 and default; the `cpu_build` fixture).
 """
 import math
 import sys
@@ -140,11 +141,20 @@ def test_fused_criteria_are_the_scorers_own_scores():
     assert torch.equal(criterion_scores(w, None, "magnitude"), w.abs())
 
 
+def test_the_default_build_can_be_forced_and_restored():
+    best = ops.simd_level()
+    assert best in ("avx2", "default")
+    with ops.default_simd():
+        assert ops.simd_level() == "default"
+    assert ops.simd_level() == best
+
+
 def test_the_extension_runs_its_parallel_loops_on_torch_threads():
     # without OpenMP, at::parallel_for in the extension silently runs on one thread
     assert ops._C.openmp_compiled() == sys.platform.startswith("linux")
 
 
+@pytest.mark.usefixtures("cpu_build")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_a_million_scores_in_fifty_tensors_with_ties(scope, device):
@@ -156,6 +166,7 @@ def test_a_million_scores_in_fifty_tensors_with_ties(scope, device):
         assert sum(int(m.sum()) for m in got.masks) == round(ratio * 1_000_000)
 
 
+@pytest.mark.usefixtures("cpu_build")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n", [65_535, 65_536, HISTOGRAM_PATH])
 def test_group_sizes_around_the_chunk_take_either_path(n, device):
@@ -166,6 +177,7 @@ def test_group_sizes_around_the_chunk_take_either_path(n, device):
                                  scope="layer", device=device)
 
 
+@pytest.mark.usefixtures("cpu_build")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", KINDS)
@@ -184,6 +196,7 @@ def sampled_positions(n):
     return (torch.arange(n) % 65_536) % 8_192 < 64
 
 
+@pytest.mark.usefixtures("cpu_build")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", ["sample too low", "sample too high", "range too crowded"])
 def test_a_misleading_sample_still_gives_exact_masks(case, device):

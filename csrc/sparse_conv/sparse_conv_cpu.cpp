@@ -25,6 +25,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../simd/simd.h"
 #include "sparse_conv_common.h"
 
 namespace prunekit {
@@ -49,8 +50,7 @@ struct Row {
   int64_t count;
 };
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define PRUNEKIT_X86_DISPATCH 1
+#ifdef PRUNEKIT_X86_DISPATCH
 #define PRUNEKIT_INLINE inline __attribute__((always_inline))
 #else
 #define PRUNEKIT_INLINE inline
@@ -199,12 +199,11 @@ __attribute__((target("avx2,fma"))) void run_tasks_avx2(const Problem<scalar_t>&
 template <typename scalar_t>
 using TaskLoop = void (*)(const Problem<scalar_t>&, int64_t, int64_t);
 
-// The AVX2 loop when this CPU has AVX2 and FMA, else the default one.
+// The AVX2 loop when this CPU has AVX2 and FMA (simd.h), else the default one.
 template <typename scalar_t>
 TaskLoop<scalar_t> best_task_loop() {
 #ifdef PRUNEKIT_X86_DISPATCH
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2) return &run_tasks_avx2<scalar_t>;
+  if (simd::use_avx2()) return &run_tasks_avx2<scalar_t>;
 #endif
   return &run_tasks_default<scalar_t>;
 }

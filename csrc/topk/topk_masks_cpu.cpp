@@ -6,10 +6,12 @@
 //           histogram per thread, merged), noting any NaN; the bucket holding the k-th largest
 //           key follows from a scan of the histogram from the top;
 //   pass 2  write the group's masks: keys above the bucket are kept, keys below are dropped, keys
-//           inside it are gathered as candidates (key, input, flat index); the loop compares the
-//           scores with the bucket's bounds as values, which orders them as their keys;
-//   finish  keep the best (k - above) candidates: the (k - above)-th largest key among them, then
-//           its ties by the lower (input, flat index), so the result is exact and deterministic.
+//           inside it are gathered as candidates (key, input, flat index) into one shared array;
+//           the loop compares the scores with the bucket's bounds as values, which orders them as
+//           their keys (eight at a time with AVX2 where the CPU has it, simd.h);
+//   finish  keep the best (k - above) candidates: the (k - above)-th largest key among them (a
+//           small histogram narrows it to one bucket first), then its ties by the lower (input,
+//           flat index), so the result is exact and deterministic.
 // Large groups first try to skip pass 1: a strided sample of the keys brackets the k-th largest
 // key in a narrow range (a few binomial standard deviations of its rank in the sample either
 // side), and pass 2 runs on that range instead of a bucket. When the range turns out not to hold
@@ -25,17 +27,26 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <limits>
+#include <memory>
 #include <optional>
+#include <span>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
+#include "../simd/simd.h"
 #include "topk_masks_common.h"
+
+#ifdef PRUNEKIT_X86_DISPATCH
+#include <immintrin.h>
+#endif
 
 namespace prunekit {
 namespace {
@@ -55,14 +66,17 @@ constexpr int64_t kSampleStride = 8192;
 constexpr double kSampleSigmas = 4.0;
 constexpr int64_t kMaxRangeShare = 16;
 
+// 16 bytes for float keys: candidates are most of the extra memory, and fresh pages cost.
+template <typename key_t>
 struct Candidate {
-  uint64_t key;
-  int64_t input;
+  key_t key;
+  uint32_t input;
   int64_t index;
 };
 
 // Ties at the threshold go to the lower (input, flat index).
-bool earlier(const Candidate& a, const Candidate& b) {
+template <typename key_t>
+bool earlier(const Candidate<key_t>& a, const Candidate<key_t>& b) {
   return a.input != b.input ? a.input < b.input : a.index < b.index;
 }
 
@@ -78,6 +92,81 @@ int64_t count_true(const bool* flags, int n) {
   for (; i < n; ++i) count += flags[i];
   return count;
 }
+
+// Packs eight 0/1 bytes into eight bits, byte i to bit i.
+uint64_t pack_bytes(uint64_t bytes) { return (bytes * 0x0102040810204080ull) >> 56; }
+
+// Compares one run of n <= kRun scores with the range [low, high]: writes out[j] = scores[j] >
+// high, adds the number of true masks to `kept`, and returns bit j set for the scores inside the
+// range or NaN.
+template <typename float_t>
+using RunClassifier = uint64_t (*)(const float_t* scores, int n, float_t low, float_t high,
+                                   bool* out, int64_t& kept);
+
+// The portable classifier: a branch-free (vectorisable) loop flags bytes, then packs them.
+template <typename float_t>
+uint64_t classify_run(const float_t* scores, int n, float_t low, float_t high, bool* out,
+                      int64_t& kept) {
+  alignas(8) uint8_t flagged[kRun] = {};
+  for (int j = 0; j < n; ++j) {
+    const float_t score = scores[j];
+    out[j] = score > high;
+    flagged[j] = ((low <= score) & (score <= high)) | (score != score);
+  }
+  kept += count_true(out, n);
+  uint64_t bits = 0;
+  for (int word = 0; word < kRun; word += 8) {  // flagged stays 0 from n on
+    uint64_t bytes;
+    std::memcpy(&bytes, flagged + word, sizeof(bytes));
+    bits |= pack_bytes(bytes) << word;
+  }
+  return bits;
+}
+
+#ifdef PRUNEKIT_X86_DISPATCH
+// The mask bytes of eight compare results: bit i of the index becomes byte i.
+constexpr std::array<uint64_t, 256> kMaskBytes = [] {
+  std::array<uint64_t, 256> bytes{};
+  for (int bits = 0; bits < 256; ++bits) {
+    for (int i = 0; i < 8; ++i) bytes[bits] |= static_cast<uint64_t>((bits >> i) & 1) << (8 * i);
+  }
+  return bytes;
+}();
+
+// The AVX2 classifier for float scores: eight compares at once, whose sign bits give the flags
+// directly and the mask bytes through kMaskBytes (twice the speed of the portable loop here).
+__attribute__((target("avx2"))) uint64_t classify_run_avx2(const float* scores, int n, float low,
+                                                          float high, bool* out, int64_t& kept) {
+  if (n < kRun) return classify_run<float>(scores, n, low, high, out, kept);  // a chunk's tail
+  const __m256 lows = _mm256_set1_ps(low), highs = _mm256_set1_ps(high);
+  uint64_t flagged = 0;
+  int kept_here = 0;
+  for (int j = 0; j < kRun; j += 8) {
+    const __m256 v = _mm256_loadu_ps(scores + j);
+    const int above = _mm256_movemask_ps(_mm256_cmp_ps(v, highs, _CMP_GT_OQ));
+    const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(v, lows, _CMP_GE_OQ),
+                                        _mm256_cmp_ps(v, highs, _CMP_LE_OQ));
+    const __m256 flags = _mm256_or_ps(inside, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    flagged |= static_cast<uint64_t>(_mm256_movemask_ps(flags)) << j;
+    std::memcpy(out + j, &kMaskBytes[above], sizeof(uint64_t));
+    kept_here += __builtin_popcount(above);
+  }
+  kept += kept_here;
+  return flagged;
+}
+#endif
+
+// The AVX2 classifier for float scores when the CPU has it (simd.h), else the portable one.
+template <typename float_t>
+RunClassifier<float_t> best_run_classifier() {
+#ifdef PRUNEKIT_X86_DISPATCH
+  if constexpr (std::is_same_v<float_t, float>) {
+    if (simd::use_avx2()) return &classify_run_avx2;
+  }
+#endif
+  return &classify_run<float_t>;
+}
+
 // The scores of every input, read through the criterion at compile time.
 template <typename scalar_t, Criterion C>
 struct ScoreReader {
@@ -97,6 +186,16 @@ struct ScoreReader {
       }
     }
     key_t key(int64_t i) const { return topk::order_key<float_t>((*this)[i]); }
+    // Scores begin..begin+n: read in place when they are the input itself, else computed into
+    // `buffer` by a vectorisable loop.
+    const float_t* run(int64_t begin, int n, float_t* buffer) const {
+      if constexpr (std::is_same_v<scalar_t, float_t> && C == Criterion::Score) {
+        return x + begin;
+      } else {
+        for (int j = 0; j < n; ++j) buffer[j] = (*this)[begin + j];
+        return buffer;
+      }
+    }
   };
 
   std::vector<Scores> inputs;
@@ -142,15 +241,95 @@ template <typename Reader>
   TORCH_CHECK(false, "topk_masks: a NaN score was seen but not found again");
 }
 
+// The key of descending rank `rank` (1 <= rank <= size) among `items`: a histogram of 4096
+// buckets over their keys' span finds the bucket holding it, and nth_element runs among that
+// bucket's items only (moved to the front). Three passes over the items instead of nth_element's
+// many; as slow as nth_element only when one bucket holds most keys. Reorders the items.
+template <typename Item, typename KeyOf>
+auto key_of_rank(std::span<Item> items, int64_t rank, KeyOf key_of) {
+  constexpr int kRankBits = 12;
+  const auto [lowest, highest] = std::minmax_element(
+      items.begin(), items.end(),
+      [&](const Item& a, const Item& b) { return key_of(a) < key_of(b); });
+  const auto low = key_of(*lowest);
+  const int width = static_cast<int>(std::bit_width(key_of(*highest) - low));
+  const int shift = std::max(0, width - kRankBits);
+  const auto bucket_of = [&](const Item& item) {
+    return static_cast<size_t>((key_of(item) - low) >> shift);
+  };
+  std::vector<int64_t> counts(bucket_of(*highest) + 1, 0);
+  for (const Item& item : items) ++counts[bucket_of(item)];
+  size_t bucket = counts.size() - 1;
+  while (counts[bucket] < rank) rank -= counts[bucket--];
+  const auto end = std::partition(items.begin(), items.end(),
+                                  [&](const Item& item) { return bucket_of(item) == bucket; });
+  std::nth_element(items.begin(), items.begin() + (rank - 1), end,
+                   [&](const Item& a, const Item& b) { return key_of(a) > key_of(b); });
+  return key_of(items[rank - 1]);
+}
+
 // The keys from `low` to `high`, both included.
 template <typename key_t>
 struct KeyRange {
   key_t low, high;
 };
 
+// Candidates gathered by every thread straight into one array of at most `capacity`: a thread
+// claims kBlock slots at a time and fills them, and the holes its last block leaves are closed at
+// the end. One allocation whose pages are touched once: fresh pages cost a masking pass more than
+// anything but its reads.
+template <typename key_t>
+class CandidateArray {
+ public:
+  static constexpr int64_t kBlock = 256;
+  struct Cursor {  // one thread's current block
+    int64_t next = 0, end = 0;
+  };
+
+  explicit CandidateArray(int64_t capacity)
+      : capacity_(capacity), slots_(new Candidate<key_t>[capacity]) {}  // left uninitialised
+
+  // False when the array is full.
+  bool push(Cursor& cursor, const Candidate<key_t>& candidate) {
+    if (cursor.next == cursor.end) {
+      cursor.next = claimed_.fetch_add(kBlock, std::memory_order_relaxed);
+      cursor.end = std::min(cursor.next + kBlock, capacity_);
+      if (cursor.next >= cursor.end) {
+        cursor.next = cursor.end;
+        return false;
+      }
+    }
+    slots_[cursor.next++] = candidate;
+    return true;
+  }
+
+  // Every pushed candidate, once all threads are done: the slots left in their blocks are marked
+  // and removed.
+  std::span<Candidate<key_t>> gathered(const std::vector<Cursor>& cursors) {
+    const int64_t used = std::min(claimed_.load(), capacity_);
+    int64_t first_hole = used;
+    for (const Cursor& cursor : cursors) {
+      for (int64_t slot = cursor.next; slot < cursor.end; ++slot) slots_[slot].input = kHole;
+      if (cursor.next < cursor.end) first_hole = std::min(first_hole, cursor.next);
+    }
+    Candidate<key_t>* first = slots_.get();
+    Candidate<key_t>* last = std::remove_if(first + first_hole, first + used,
+                                            [](const auto& c) { return c.input == kHole; });
+    return {first, last};
+  }
+
+ private:
+  static constexpr uint32_t kHole = std::numeric_limits<uint32_t>::max();  // not an input
+  int64_t capacity_;
+  std::unique_ptr<Candidate<key_t>[]> slots_;
+  std::atomic<int64_t> claimed_{0};
+};
+
 // What a masking pass leaves to the selection: the keys inside its range, how many lay above it.
+template <typename key_t>
 struct Masked {
-  std::vector<Candidate> candidates;
+  std::unique_ptr<CandidateArray<key_t>> storage;
+  std::span<Candidate<key_t>> candidates;
   int64_t above = 0;
   bool nan = false;
   bool overflow = false;  // more candidates than the pass allowed: it stopped early
@@ -162,6 +341,7 @@ class GroupSelector {
   using float_t = typename Reader::float_t;
   using key_t = typename Reader::key_t;
   using Range = KeyRange<key_t>;
+  using Candidates = std::vector<Candidate<key_t>>;
 
  public:
   GroupSelector(const topk::Request& request, std::vector<at::Tensor>& masks)
@@ -176,7 +356,7 @@ class GroupSelector {
     const int64_t total = request_.totals[g];
     if (total == 0) return none_kept;
     if (total <= kGrain) {
-      std::vector<Candidate> candidates = all_candidates(members);  // masks start false
+      Candidates candidates = all_candidates(members, total);  // masks start false
       return k == 0 ? none_kept : keep_best(candidates, k);
     }
     if (k > 0 && total >= kSampledMin) {
@@ -194,7 +374,7 @@ class GroupSelector {
     int64_t expected = 0;
     const auto range = sampled_range(members, k, total, expected);
     if (!range) return std::nullopt;
-    Masked masked = write_masks(members, *range, 2 * expected + kGrain);
+    Masked<key_t> masked = write_masks(members, *range, total, 2 * expected + kGrain);
     if (masked.nan) fail_on_first_nan(request_, reader_);
     const int64_t inside = static_cast<int64_t>(masked.candidates.size());
     if (masked.overflow || masked.above >= k || masked.above + inside < k) return std::nullopt;
@@ -213,20 +393,20 @@ class GroupSelector {
     while (above + counts[bucket] < k) above += counts[bucket--];
     const key_t low = static_cast<key_t>(bucket) << Reader::kShift;
     const key_t span = (key_t(1) << Reader::kShift) - 1;
-    Masked masked = write_masks(members, {low, static_cast<key_t>(low | span)},
-                                std::numeric_limits<int64_t>::max());
+    Masked<key_t> masked = write_masks(members, {low, static_cast<key_t>(low | span)},
+                                       counts[bucket], std::numeric_limits<int64_t>::max());
     return keep_best(masked.candidates, k - masked.above);
   }
 
   // Keeps the `wanted` best candidates (1 <= wanted <= size) and returns the smallest kept score:
   // the wanted-th largest key first, then the ties at it by position.
-  double keep_best(const std::vector<Candidate>& candidates, int64_t wanted) {
-    std::vector<key_t> keys(candidates.size());
-    for (size_t c = 0; c < candidates.size(); ++c) keys[c] = static_cast<key_t>(candidates[c].key);
-    std::nth_element(keys.begin(), keys.begin() + (wanted - 1), keys.end(), std::greater<>());
-    const key_t kth = keys[wanted - 1];
-    std::vector<Candidate> ties;
-    for (const Candidate& c : candidates) {
+  // Reorders the candidates.
+  double keep_best(std::span<Candidate<key_t>> candidates, int64_t wanted) {
+    TORCH_INTERNAL_ASSERT(1 <= wanted && wanted <= static_cast<int64_t>(candidates.size()),
+                          "topk_masks: the passes disagree on the count above the threshold");
+    const key_t kth = key_of_rank(candidates, wanted, [](const auto& c) { return c.key; });
+    Candidates ties;
+    for (const auto& c : candidates) {
       if (c.key > kth) {
         mask_data_[c.input][c.index] = true;
         --wanted;
@@ -234,14 +414,15 @@ class GroupSelector {
         ties.push_back(c);
       }
     }
-    std::nth_element(ties.begin(), ties.begin() + (wanted - 1), ties.end(), earlier);
+    std::nth_element(ties.begin(), ties.begin() + (wanted - 1), ties.end(), earlier<key_t>);
     for (int64_t c = 0; c < wanted; ++c) mask_data_[ties[c].input][ties[c].index] = true;
     return static_cast<double>(topk::value_of_key<float_t>(kth));
   }
 
   // Small groups: every element is a candidate; every mask starts false.
-  std::vector<Candidate> all_candidates(const std::vector<int64_t>& members) {
-    std::vector<Candidate> candidates;
+  Candidates all_candidates(const std::vector<int64_t>& members, int64_t total) {
+    Candidates candidates;
+    candidates.reserve(total);
     bool nan = false;
     for (int64_t t : members) {
       masks_[t].fill_(false);
@@ -249,7 +430,7 @@ class GroupSelector {
       for (int64_t i = 0; i < request_.inputs[t].numel(); ++i) {
         const float_t score = scores[i];
         nan |= std::isnan(score);
-        candidates.push_back({static_cast<uint64_t>(topk::order_key<float_t>(score)), t, i});
+        candidates.push_back({topk::order_key<float_t>(score), static_cast<uint32_t>(t), i});
       }
     }
     if (nan) fail_on_first_nan(request_, reader_);
@@ -260,7 +441,11 @@ class GroupSelector {
   // it would hold too large a share of the group (ties). `expected` is its share of the group.
   std::optional<Range> sampled_range(const std::vector<int64_t>& members, int64_t k,
                                      int64_t total, int64_t& expected) {
-    std::vector<std::vector<key_t>> local(at::get_num_threads());
+    const int threads = at::get_num_threads();
+    std::vector<std::vector<key_t>> local(threads);
+    // At most one run per stride, plus one per chunk for chunks shorter than a stride.
+    const int64_t sampled = (total / kSampleStride + total / kGrain + members.size()) * kRun;
+    for (auto& part : local) part.reserve(sampled / threads + sampled / 8);
     for_chunks(request_, members, [&](int64_t t, int64_t begin, int64_t end) {
       auto& keys = local[at::get_thread_num()];
       const auto scores = reader_.inputs[t];
@@ -269,6 +454,9 @@ class GroupSelector {
       }
     });
     std::vector<key_t> sample;
+    size_t sample_size = 0;
+    for (const auto& part : local) sample_size += part.size();
+    sample.reserve(sample_size);
     for (const auto& part : local) sample.insert(sample.end(), part.begin(), part.end());
     const auto size = static_cast<int64_t>(sample.size());
     // The number of sampled keys at or above the k-th largest is binomial(size, k / total).
@@ -277,16 +465,9 @@ class GroupSelector {
     const auto first = static_cast<int64_t>(std::floor(share * size - margin));  // 1-based ranks
     const auto last = static_cast<int64_t>(std::ceil(share * size + margin));
     Range range{std::numeric_limits<key_t>::min(), std::numeric_limits<key_t>::max()};
-    auto descending = [](key_t a, key_t b) { return a > b; };
-    if (first >= 1) {
-      std::nth_element(sample.begin(), sample.begin() + (first - 1), sample.end(), descending);
-      range.high = sample[first - 1];
-    }
-    if (last <= size) {
-      const auto from = sample.begin() + std::max<int64_t>(first, 0);
-      std::nth_element(from, sample.begin() + (last - 1), sample.end(), descending);
-      range.low = sample[last - 1];
-    }
+    const auto key = [](key_t k) { return k; };
+    if (first >= 1) range.high = key_of_rank(std::span(sample), first, key);
+    if (last <= size) range.low = key_of_rank(std::span(sample), last, key);
     const auto inside = std::count_if(sample.begin(), sample.end(), [&](key_t key) {
       return range.low <= key && key <= range.high;
     });
@@ -313,14 +494,12 @@ class GroupSelector {
       const int thread = at::get_thread_num();
       count_t* counts = local[thread].data();
       const auto scores = reader_.inputs[t];
-      float_t run_scores[kRun];
+      float_t buffer[kRun];
       int nans = 0;
       for (int64_t run = begin; run < end; run += kRun) {
         const int n = static_cast<int>(std::min(kRun, end - run));
-        for (int j = 0; j < n; ++j) {
-          run_scores[j] = scores[run + j];
-          nans += run_scores[j] != run_scores[j];
-        }
+        const float_t* run_scores = scores.run(run, n, buffer);
+        for (int j = 0; j < n; ++j) nans += run_scores[j] != run_scores[j];
         for (int j = 0; j < n; ++j) {
           ++counts[Reader::bucket_of(topk::order_key<float_t>(run_scores[j]))];
         }
@@ -337,13 +516,17 @@ class GroupSelector {
 
   // The masking pass: keys above `range` are kept, keys below it dropped, keys inside it
   // gathered as candidates (their masks false for now), stopping once there are more than
-  // `cap`. Runs of kRun elements are compared by a branch-free (vectorisable) loop on the scores
-  // themselves, which flags the scores inside the range and any NaN; only flagged scores are
-  // read again.
-  Masked write_masks(const std::vector<int64_t>& members, Range range, int64_t cap) {
+  // `cap` (give or take a block per thread); `bound` is the most the range can hold. Runs of
+  // kRun scores are compared with the range's bounds as values by a run classifier, which flags
+  // the scores inside the range and any NaN; only flagged scores are looked at again.
+  Masked<key_t> write_masks(const std::vector<int64_t>& members, Range range, int64_t bound,
+                            int64_t cap) {
     const float_t low = bound_value(range.low), high = bound_value(range.high);
+    const RunClassifier<float_t> classify = best_run_classifier<float_t>();
     const int threads = at::get_num_threads();
-    std::vector<std::vector<Candidate>> gathered(threads);
+    using Array = CandidateArray<key_t>;
+    auto array = std::make_unique<Array>(std::min(cap, bound) + threads * Array::kBlock);
+    std::vector<typename Array::Cursor> cursors(threads);
     std::vector<int64_t> above(threads, 0);
     std::vector<char> nan(threads, 0);
     std::atomic<bool> overflow{false};
@@ -352,44 +535,33 @@ class GroupSelector {
       const int thread = at::get_thread_num();
       bool* out = mask_data_[t];
       const auto scores = reader_.inputs[t];
-      auto& candidates = gathered[thread];
+      auto& cursor = cursors[thread];
       int64_t kept = 0;
       bool nans = false;
+      float_t buffer[kRun];
       for (int64_t run = begin; run < end; run += kRun) {
         const int n = static_cast<int>(std::min(kRun, end - run));
-        alignas(8) uint8_t flagged[kRun] = {};
-        for (int j = 0; j < n; ++j) {
-          const float_t score = scores[run + j];
-          out[run + j] = score > high;
-          flagged[j] = ((low <= score) & (score <= high)) | (score != score);
-        }
-        kept += count_true(out + run, n);
-        for (int word = 0; word < n; word += 8) {
-          uint64_t flags;
-          std::memcpy(&flags, flagged + word, sizeof(flags));
-          if (flags == 0) continue;
-          for (int j = word; j < word + 8; ++j) {
-            if (!flagged[j]) continue;
-            const float_t score = scores[run + j];
-            nans |= score != score;
-            candidates.push_back({topk::order_key<float_t>(score), t, run + j});
+        const float_t* run_scores = scores.run(run, n, buffer);
+        for (uint64_t flagged = classify(run_scores, n, low, high, out + run, kept); flagged;
+             flagged &= flagged - 1) {
+          const int j = __builtin_ctzll(flagged);
+          nans |= run_scores[j] != run_scores[j];
+          if (!array->push(cursor, {topk::order_key<float_t>(run_scores[j]),
+                                    static_cast<uint32_t>(t), run + j})) {
+            overflow = true;
+            return;
           }
-        }
-        if (static_cast<int64_t>(candidates.size()) > cap) {
-          overflow = true;
-          return;
         }
       }
       above[thread] += kept;
       nan[thread] |= nans;
     });
-    Masked masked;
+    Masked<key_t> masked;
     masked.overflow = overflow;
     masked.nan = std::find(nan.begin(), nan.end(), 1) != nan.end();
     for (int64_t part : above) masked.above += part;
-    for (auto& part : gathered) {
-      masked.candidates.insert(masked.candidates.end(), part.begin(), part.end());
-    }
+    masked.candidates = array->gathered(cursors);
+    masked.storage = std::move(array);
     return masked;
   }
 
