@@ -3,8 +3,9 @@
 Run with:  make bench   (or .venv/bin/python -m pytest benchmarks -k sparse_conv)
            add  -k "batch1"  or  -k "3x3"  to pick cases.
 
-Layers of ResNet-50 and of the DeepLab-ResNet34 backbone (the dilated ones at NYUv2's 288x384
-input, output stride 8: 36x48), batch 1 and 8, sparsities 0.7 to 0.95 (random unstructured
+Layers of ResNet-50 and of the DeepLab-ResNet34 backbone (prunekit.conv_timing.REFERENCE_SHAPES,
+the shapes `prunekit bench conv` times; the dilated ones at NYUv2's 288x384 input, output stride
+8: 36x48), batch 1 and 8, sparsities 0.7 to 0.95 (random unstructured
 masks, as a saliency top-k leaves them):
 
   dense    F.conv2d on the masked weight (zeros still multiplied): the baseline.
@@ -16,35 +17,22 @@ The summary's ratio is sparse's median over dense's: below 1 the sparse kernel i
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from prunekit.conv_timing import REFERENCE_SHAPES, random_masked_conv
 from prunekit.ops import SparseConv2d, cuda_compiled
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and cuda_compiled() else [])
-# name: (in_channels, out_channels, kernel, height, width, padding, dilation)
-LAYERS = {
-    "3x3-64@56x56": (64, 64, 3, 56, 56, 1, 1),
-    "3x3-128@28x28": (128, 128, 3, 28, 28, 1, 1),
-    "3x3-256@14x14": (256, 256, 3, 14, 14, 1, 1),
-    "3x3-512@7x7": (512, 512, 3, 7, 7, 1, 1),
-    "3x3d2-256@36x48": (256, 256, 3, 36, 48, 2, 2),
-    "3x3d4-512@36x48": (512, 512, 3, 36, 48, 4, 4),
-    "1x1-256to64@56x56": (256, 64, 1, 56, 56, 0, 1),
-    "1x1-1024to256@14x14": (1024, 256, 1, 14, 14, 0, 1),
-}
+LAYERS = {shape.name.replace(",", "").replace(" ", "-"): shape for shape in REFERENCE_SHAPES}
 SPARSITIES = [0.7, 0.8, 0.9, 0.95]
 BATCHES = [1, 8]
 
 
 def layer(name, sparsity, batch, device):
-    in_channels, out_channels, kernel, height, width, padding, dilation = LAYERS[name]
+    shape = LAYERS[name]
     generator = torch.Generator().manual_seed(0)
-    conv = nn.Conv2d(in_channels, out_channels, kernel, padding=padding, dilation=dilation)
-    mask = torch.rand(conv.weight.shape, generator=generator) >= sparsity
-    with torch.no_grad():
-        conv.weight.mul_(mask)
-    x = torch.randn(batch, in_channels, height, width, generator=generator)
-    return conv.to(device).eval(), mask.to(device), x.to(device)
+    conv, mask = random_masked_conv(shape, sparsity, device, generator)
+    x = torch.randn(batch, shape.in_channels, shape.height, shape.width, generator=generator)
+    return conv, mask, x.to(device)
 
 
 def timed(forward, device):

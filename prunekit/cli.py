@@ -12,6 +12,8 @@ import click
 from click.core import ParameterSource
 
 from ._version import __version__
+from .cli_options import (comma_list, echo_err, float_list, image_size, learning_rates,
+                          options)
 from .engine import QUICK, RunConfig, run
 from .errors import PrunekitError, one_line
 from .interfaces import INTERFACES
@@ -22,49 +24,10 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 USAGE_ERROR = 2
 
 
-def comma_list(ctx, param, value):
-    if value is None:
-        return None
-    items = tuple(v.strip() for v in value.split(",") if v.strip())
-    if not items:
-        raise click.BadParameter("expected a comma-separated list")
-    return items
-
-
-def learning_rates(ctx, param, value):
-    try:
-        rates = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected a number or a comma-separated list such as "
-                                 f"1e-3,5e-4,1e-4, got {value!r}")
-    return rates
-
-
-def image_size(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        height, width = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH such as 64x80, got {value!r}")
-    if height < 8 or width < 8:
-        raise click.BadParameter(f"images must be at least 8x8, got {value!r}")
-    return height, width
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="prunekit")
 def cli():
     """Prune multi-task neural networks: score, threshold, merge, train, report."""
-
-
-def options(*decorators):
-    """Apply click options in the order they are listed (top to bottom in --help)."""
-    def apply(command):
-        for decorator in reversed(decorators):
-            command = decorator(command)
-        return command
-    return apply
 
 
 METHOD_OPTIONS = options(
@@ -181,10 +144,6 @@ def config_from(ctx, quick: bool, options: dict) -> RunConfig:
     return RunConfig(**{**DEFAULTS, **(QUICK if quick else {}), **given})
 
 
-def echo_err(message: str) -> None:
-    click.echo(f"prunekit: {message}", err=True)
-
-
 @cli.command("run")
 @click.option("--scorer", default=None,
               help="Scorer plugin (see `prunekit plugins --kind scorer`) [default: the mode's: "
@@ -241,13 +200,6 @@ def compare_command(ctx, methods, seeds, quick, progress, **options):
                      announce=lambda message: echo_err(f"compare: {message}"))
     click.echo(result.table, nl=False)
     click.echo(f"\nwrote {result.out_dir / 'compare.json'} and {result.out_dir / 'compare.md'}")
-
-
-def float_list(ctx, param, value):
-    try:
-        return tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}")
 
 
 @cli.command("similarity")
@@ -341,6 +293,17 @@ def plugins_command(kind, as_json):
               for i in range(3)]
     for row in [("KIND", "NAME", "DISTRIBUTION", "DESCRIPTION")] + rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+
+
+def add_kernel_commands() -> None:
+    """`export` and `bench` live in cli_kernels; they load the C++ extension only when run."""
+    from .cli_kernels import bench_group, export_command
+
+    cli.add_command(export_command)
+    cli.add_command(bench_group)
+
+
+add_kernel_commands()
 
 
 def main(argv=None) -> None:

@@ -78,3 +78,24 @@ def save_layer_iou(record: dict, path: str | Path) -> None:
     axes.legend(fontsize=8)
     save_figure(figure, path)
     pyplot.close(figure)
+
+
+def save_speedup_plot(rows: list[dict], path: str | Path) -> None:
+    """Sparse kernel speed-up over the dense conv against sparsity, one line per layer shape
+    (rows of ``prunekit.conv_timing.bench_conv``); the dashed line is break-even."""
+    pyplot = pyplot_for_files()
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    for layer in dict.fromkeys(row["layer"] for row in rows):
+        points = sorted((row["sparsity"], row["speedup"]) for row in rows
+                        if row["layer"] == layer)
+        axes.plot([100 * s for s, _ in points], [x for _, x in points], marker="o", label=layer)
+    axes.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    axes.set_xlabel("sparsity (%)")
+    axes.set_ylabel("speed-up over dense (x)")
+    axes.set_title(f"sparse_conv2d against the dense conv, batch {rows[0]['batch']}"
+                   if rows else "sparse_conv2d against the dense conv")
+    axes.grid(alpha=0.3)
+    if rows:
+        axes.legend(fontsize=7)
+    save_figure(figure, path)
+    pyplot.close(figure)

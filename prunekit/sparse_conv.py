@@ -5,7 +5,8 @@ per output channel (values, and each value's column in the flattened (in-channel
 filter), and its forward calls the ``sparse_conv2d`` kernel of prunekit._C: no im2col of the
 input, no densified weight. ``sparse_conv2d_reference`` is ``F.conv2d`` on the masked dense weight,
 the oracle of the tests. Forward only: the kernel has no backward yet, so the layer is for
-inference (an exported model); training keeps the dense layer with its mask.
+inference (an exported model, prunekit.export); training keeps the dense layer with its mask.
+The op has a shape function, so models holding the layer go through ``torch.export``.
 """
 from __future__ import annotations
 
@@ -35,6 +36,17 @@ def sparse_conv2d(input: torch.Tensor, values: torch.Tensor, row_offsets: torch.
     return torch.ops.prunekit.sparse_conv2d(
         input, values, row_offsets, columns, bias, _pair(kernel_size, "kernel_size"),
         _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"))
+
+
+@torch.library.register_fake("prunekit::sparse_conv2d")
+def _sparse_conv2d_shape(input, values, row_offsets, columns, bias, kernel_size, stride, padding,
+                         dilation):
+    """The output's shape and dtype without computing it (torch.export traces with this)."""
+    out_h, out_w = (
+        (size + 2 * pad - dil * (kernel - 1) - 1) // step + 1
+        for size, pad, dil, kernel, step in zip(input.shape[2:], padding, dilation, kernel_size,
+                                                stride))
+    return input.new_empty(input.shape[0], row_offsets.shape[0] - 1, out_h, out_w)
 
 
 def sparse_conv2d_reference(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
@@ -134,9 +146,9 @@ class SparseConv2d(nn.Module):
         if input.dim() != 4 or input.shape[1] != self.in_channels:
             raise ValueError(f"expected input [N, {self.in_channels}, H, W], got "
                              f"{tuple(input.shape)}")
-        return sparse_conv2d(input, self.values, self.row_offsets, self.columns,
-                             self.kernel_size, self.bias, self.stride, self.padding,
-                             self.dilation)
+        return torch.ops.prunekit.sparse_conv2d(input, self.values, self.row_offsets,
+                                                self.columns, self.bias, self.kernel_size,
+                                                self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

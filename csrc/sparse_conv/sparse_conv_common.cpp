@@ -1,5 +1,11 @@
 #include "sparse_conv_common.h"
 
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
 namespace prunekit {
 
 namespace {
@@ -8,6 +14,25 @@ void check_pair(at::IntArrayRef pair, const char* name, int64_t least) {
   TORCH_CHECK(pair.size() == 2, "sparse_conv2d: ", name, " must have 2 values, got ", pair.size());
   TORCH_CHECK(pair[0] >= least && pair[1] >= least, "sparse_conv2d: ", name, " must be >= ",
               least, ", got ", pair);
+}
+
+// The smallest and largest column: a loop on CPU (a reduction op would cost more than a small
+// layer's convolution), aminmax on the device.
+std::pair<int64_t, int64_t> column_range(const at::Tensor& columns) {
+  if (!columns.is_cpu()) {
+    const auto [low, high] = at::aminmax(columns);
+    return {low.item<int64_t>(), high.item<int64_t>()};
+  }
+  const at::Tensor cols = columns.contiguous();
+  int64_t low = std::numeric_limits<int64_t>::max(), high = std::numeric_limits<int64_t>::min();
+  AT_DISPATCH_INDEX_TYPES(cols.scalar_type(), "column_range", [&] {
+    const index_t* column = cols.const_data_ptr<index_t>();
+    for (int64_t i = 0; i < cols.numel(); ++i) {
+      low = std::min<int64_t>(low, column[i]);
+      high = std::max<int64_t>(high, column[i]);
+    }
+  });
+  return {low, high};
 }
 
 }  // namespace
@@ -69,8 +94,8 @@ SparseConvArgs check_sparse_conv_args(const at::Tensor& input, const at::Tensor&
   }
   if (a.nonzeros > 0) {
     const int64_t width = a.in_channels * a.kernel_h * a.kernel_w;
-    const auto [low, high] = at::aminmax(columns);
-    TORCH_CHECK(low.item<int64_t>() >= 0 && high.item<int64_t>() < width,
+    const auto [low, high] = column_range(columns);
+    TORCH_CHECK(low >= 0 && high < width,
                 "sparse_conv2d: columns must lie in [0, ", width,
                 ") for the input's channels and the kernel size; does the input have the "
                 "layer's in_channels?");

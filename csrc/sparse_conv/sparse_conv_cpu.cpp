@@ -215,15 +215,21 @@ void convolve(const Problem<scalar_t>& p) {
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { loop(p, begin, end); });
 }
 
-// The (in-channel, kh, kw) column of each kept weight as an offset into one padded image.
-at::Tensor padded_offsets(const at::Tensor& columns, int64_t kernel_h, int64_t kernel_w,
-                          int64_t dilation_h, int64_t dilation_w, int64_t padded_h,
-                          int64_t padded_w) {
-  const at::Tensor cols = columns.to(at::kLong);
-  const at::Tensor kw = cols.remainder(kernel_w);
-  const at::Tensor kh = cols.div(kernel_w, "floor").remainder(kernel_h);
-  const at::Tensor ic = cols.div(kernel_w * kernel_h, "floor");
-  return ic * (padded_h * padded_w) + kh * (dilation_h * padded_w) + kw * dilation_w;
+// The (in-channel, kh, kw) column of each kept weight as an offset into one padded image. A
+// plain loop: a chain of tensor ops here cost more than a small layer's whole convolution.
+std::vector<int64_t> padded_offsets(const at::Tensor& columns, const SparseConvArgs& a) {
+  const at::Tensor cols = columns.contiguous();
+  std::vector<int64_t> offsets(cols.numel());
+  AT_DISPATCH_INDEX_TYPES(cols.scalar_type(), "padded_offsets", [&] {
+    const index_t* column = cols.const_data_ptr<index_t>();
+    for (size_t i = 0; i < offsets.size(); ++i) {
+      const int64_t kw = column[i] % a.kernel_w;
+      const int64_t kh = column[i] / a.kernel_w % a.kernel_h;
+      const int64_t ic = column[i] / (a.kernel_w * a.kernel_h);
+      offsets[i] = (ic * a.padded_h + kh * a.dilation_h) * a.padded_w + kw * a.dilation_w;
+    }
+  });
+  return offsets;
 }
 
 at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
@@ -248,16 +254,14 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
       .narrow(2, args.padding_h, input.size(2))
       .narrow(3, args.padding_w, input.size(3))
       .copy_(input);
-  const at::Tensor offsets = padded_offsets(columns, args.kernel_h, args.kernel_w,
-                                            args.dilation_h, args.dilation_w, g.padded_h,
-                                            g.padded_w);
+  const std::vector<int64_t> offsets = padded_offsets(columns, args);
   const at::Tensor values_c = values.contiguous();
   const at::Tensor rows = row_offsets.contiguous();
   const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sparse_conv2d_cpu", [&] {
     convolve(Problem<scalar_t>{g, buffer.const_data_ptr<scalar_t>(),
                                values_c.const_data_ptr<scalar_t>(),
-                               rows.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(),
+                               rows.const_data_ptr<int64_t>(), offsets.data(),
                                bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
                                output.data_ptr<scalar_t>(),
                                (g.out_h + g.rows_per_band - 1) / g.rows_per_band});

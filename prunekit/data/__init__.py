@@ -11,11 +11,13 @@ from .synthetic import NYU13_CLASSES, SyntheticIndoorScenes
 
 SYNTHETIC_TRAIN_LENGTH = 2000
 SYNTHETIC_VAL_LENGTH = 128
+# Each dataset's own image size (height, width), used when a run gives no --image-size.
+NATIVE_SIZES = {"synthetic": (64, 80), "nyuv2": (288, 384)}
 
 
 def synthetic(root, split, size, seed) -> Dataset:
     length = SYNTHETIC_TRAIN_LENGTH if split == "train" else SYNTHETIC_VAL_LENGTH
-    return SyntheticIndoorScenes(split, size or (64, 80), length, seed)
+    return SyntheticIndoorScenes(split, size or NATIVE_SIZES["synthetic"], length, seed)
 
 
 def nyuv2(root, split, size, seed) -> Dataset:
@@ -34,4 +36,4 @@ def build_dataset(name: str, split: str, root=None, size=None, seed: int = 0) ->
     return DATASETS[name](root, split, size, seed)
 
 
-__all__ = ["DATASETS", "build_dataset", "NYUv2", "SyntheticIndoorScenes", "NYU13_CLASSES"]
+__all__ = ["DATASETS", "NATIVE_SIZES", "build_dataset", "NYUv2", "SyntheticIndoorScenes", "NYU13_CLASSES"]

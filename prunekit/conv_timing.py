@@ -1,0 +1,151 @@
+"""Dense against sparse convolution, timed: one layer on its real input (export, ``bench
+model``) or reference layer shapes over sparsities (``bench conv``).
+
+Timings are medians of ``repeats`` calls after warm-up calls, under ``torch.no_grad``, with a
+device synchronisation inside each timed call on CUDA. Dense is ``F.conv2d`` on the masked weight
+(oneDNN on CPU, cuDNN on CUDA); sparse is ``SparseConv2d`` (only kept weights multiplied).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .sparse_conv import SparseConv2d
+
+WARMUP = 3
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """A conv layer and the size of the image it sees."""
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel: int
+    height: int
+    width: int
+    padding: int = 0
+    dilation: int = 1
+
+
+# ResNet-50's layers and the DeepLab-ResNet34 backbone's dilated ones (at NYUv2's 288x384 input,
+# output stride 8: 36x48).
+REFERENCE_SHAPES = (
+    ConvShape("3x3 64@56x56", 64, 64, 3, 56, 56, padding=1),
+    ConvShape("3x3 128@28x28", 128, 128, 3, 28, 28, padding=1),
+    ConvShape("3x3 256@14x14", 256, 256, 3, 14, 14, padding=1),
+    ConvShape("3x3 512@7x7", 512, 512, 3, 7, 7, padding=1),
+    ConvShape("3x3 dil 2, 256@36x48", 256, 256, 3, 36, 48, padding=2, dilation=2),
+    ConvShape("3x3 dil 4, 512@36x48", 512, 512, 3, 36, 48, padding=4, dilation=4),
+    ConvShape("1x1 256->64@56x56", 256, 64, 1, 56, 56),
+    ConvShape("1x1 1024->256@14x14", 1024, 256, 1, 14, 14),
+)
+
+
+def median_ms(forward: Callable[[torch.Tensor], object], x: torch.Tensor,
+              repeats: int) -> float:
+    """Median milliseconds of ``forward(x)`` over ``repeats`` calls, after warm-up calls."""
+    synchronise = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    seconds = []
+    with torch.no_grad():
+        for call in range(WARMUP + repeats):
+            start = time.perf_counter()
+            forward(x)
+            synchronise()
+            if call >= WARMUP:
+                seconds.append(time.perf_counter() - start)
+    return 1000 * statistics.median(seconds)
+
+
+@dataclass(frozen=True)
+class ConvTiming:
+    dense_ms: float
+    sparse_ms: float
+
+    @property
+    def speedup(self) -> float:
+        """Dense time over sparse time: above 1 the sparse kernel is faster."""
+        return self.dense_ms / self.sparse_ms
+
+
+def time_dense_and_sparse(conv: nn.Conv2d, mask: torch.Tensor, x: torch.Tensor,
+                          repeats: int) -> ConvTiming:
+    """``conv`` (its weight already masked) against its ``SparseConv2d`` on input ``x``."""
+    sparse = SparseConv2d.from_conv(conv, mask)
+    return ConvTiming(median_ms(conv, x, repeats), median_ms(sparse, x, repeats))
+
+
+def random_masked_conv(shape: ConvShape, sparsity: float, device: str,
+                       generator: torch.Generator) -> tuple[nn.Conv2d, torch.Tensor]:
+    """A conv of ``shape`` whose weight keeps a random ``1 - sparsity`` share (as a saliency
+    top-k leaves an unstructured mask), with the pruned weights set to zero."""
+    conv = nn.Conv2d(shape.in_channels, shape.out_channels, shape.kernel, padding=shape.padding,
+                     dilation=shape.dilation)
+    mask = torch.rand(conv.weight.shape, generator=generator) >= sparsity
+    with torch.no_grad():
+        conv.weight.mul_(mask)
+    return conv.to(device).eval(), mask.to(device)
+
+
+def bench_conv(sparsities: Sequence[float], device: str = "cpu", batch: int = 1,
+               repeats: int = 10, shapes: Iterable[ConvShape] = REFERENCE_SHAPES,
+               progress: Callable[[str], None] = lambda line: None) -> list[dict]:
+    """One row per (shape, sparsity): dense and sparse milliseconds and the speed-up."""
+    rows = []
+    for shape in shapes:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, shape.in_channels, shape.height, shape.width,
+                        generator=generator).to(device)
+        for sparsity in sparsities:
+            conv, mask = random_masked_conv(shape, sparsity, device, generator)
+            timing = time_dense_and_sparse(conv, mask, x, repeats)
+            rows.append({"layer": shape.name, "batch": batch, "sparsity": sparsity,
+                         "dense_ms": round(timing.dense_ms, 4),
+                         "sparse_ms": round(timing.sparse_ms, 4),
+                         "speedup": round(timing.speedup, 3)})
+            progress(f"{shape.name} sparsity {sparsity}: {timing.speedup:.2f}x")
+    return rows
+
+
+def crossovers(rows: Sequence[dict]) -> dict[str, float | None]:
+    """Per layer, the lowest measured sparsity from which the sparse kernel is faster at every
+    higher measured sparsity (None: never faster at the highest)."""
+    by_layer: dict[str, list[dict]] = {}
+    for row in rows:
+        by_layer.setdefault(row["layer"], []).append(row)
+    found = {}
+    for layer, layer_rows in by_layer.items():
+        crossover = None
+        for row in sorted(layer_rows, key=lambda r: r["sparsity"], reverse=True):
+            if row["speedup"] <= 1:
+                break
+            crossover = row["sparsity"]
+        found[layer] = crossover
+    return found
+
+
+def format_conv_table(rows: Sequence[dict]) -> str:
+    """Layers down, sparsities across; each cell 'dense ms / sparse ms (speed-up)'."""
+    sparsities = sorted({row["sparsity"] for row in rows})
+    layers = list(dict.fromkeys(row["layer"] for row in rows))
+    cells = {(row["layer"], row["sparsity"]): row for row in rows}
+    width = max(len(layer) for layer in layers) if layers else 5
+    lines = [f"{'layer':<{width}}  " + "  ".join(f"{f'sparsity {s:g}':>24}" for s in sparsities)
+             + "  crossover"]
+    found = crossovers(rows)
+    for layer in layers:
+        parts = []
+        for sparsity in sparsities:
+            row = cells.get((layer, sparsity))
+            parts.append(f"{'-':>24}" if row is None else
+                         f"{row['dense_ms']:>8.3f} / {row['sparse_ms']:.3f} ({row['speedup']:.2f}x)"
+                         .rjust(24))
+        crossover = found[layer]
+        lines.append(f"{layer:<{width}}  " + "  ".join(parts) + "  "
+                     + ("never" if crossover is None else f"{crossover:g}"))
+    return "\n".join(lines)

@@ -1,0 +1,258 @@
+"""Export a pruned run's model for inference, each masked conv on its faster kernel.
+
+For every masked ``nn.Conv2d`` of the run's model, the dense conv (its weight masked) and its
+``SparseConv2d`` are timed on the input that layer sees for the target input shape and device,
+and the faster one is kept (``sparse_kernels=False`` keeps every layer dense). The result is
+written as a ``torch.export`` program (``model.pt2``) that ``load_exported`` runs with prunekit's
+kernels but without its training code, plus ``export.json``: per layer the sparsity, both
+timings and the chosen kernel, and the end-to-end latency before and after.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import ops
+from .conv_timing import median_ms, time_dense_and_sparse
+from .data import NATIVE_SIZES
+from .engine import load_checkpoint
+from .errors import PrunekitError
+from .files import atomic_write, write_json
+from .sparse_conv import SparseConv2d
+
+EXPORT_FOLDER = "export"
+MODEL_FILE = "model.pt2"
+REPORT_FILE = "export.json"
+
+
+@dataclass
+class LayerChoice:
+    name: str
+    shape: str
+    sparsity: float
+    dense_ms: float | None
+    sparse_ms: float | None
+    kernel: str                      # "sparse" or "dense"
+    why: str = ""                    # why a layer stays dense without being timed
+
+
+@dataclass
+class KernelReport:
+    run: str
+    input_shape: list[int]
+    device: str
+    threads: int
+    simd: str
+    layers: list[LayerChoice] = field(default_factory=list)
+    dense_ms: float = 0.0            # end to end: the masked model, every conv dense
+    chosen_ms: float = 0.0           # end to end: the chosen kernels
+    model_file: str | None = None
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.chosen_ms
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "speedup": round(self.speedup, 3),
+                "sparse_layers": sum(layer.kernel == "sparse" for layer in self.layers)}
+
+
+def export_run(run_dir: str | Path, *, sparse_kernels: bool = True,
+               input_size: tuple[int, int] | None = None, batch: int = 1, device: str = "cpu",
+               repeats: int = 20, out: str | Path | None = None,
+               progress: Callable[[str], None] = lambda line: None) -> KernelReport:
+    """Choose each masked conv's kernel, then write ``model.pt2`` and ``export.json`` into
+    ``out`` (default ``RUN_DIR/export``). The exported model's outputs are checked against the
+    masked model's before anything is written."""
+    model, chosen, example, report = measure_run(
+        run_dir, sparse_kernels=sparse_kernels, input_size=input_size, batch=batch,
+        device=device, repeats=repeats, progress=progress)
+    folder = Path(out) if out else Path(run_dir) / EXPORT_FOLDER
+    program = export_program(chosen, example)
+    check_same_outputs(model, program.module(), example)
+    atomic_write(folder / MODEL_FILE, lambda temporary: torch.export.save(program, temporary))
+    report.model_file = str(folder / MODEL_FILE)
+    write_json(folder / REPORT_FILE, report.to_json())
+    return report
+
+
+def measure_run(run_dir: str | Path, *, sparse_kernels: bool = True,
+                input_size: tuple[int, int] | None = None, batch: int = 1, device: str = "cpu",
+                repeats: int = 20, progress: Callable[[str], None] = lambda line: None):
+    """Time every masked conv of the run dense and sparse, and the whole model before and after
+    the choice. Returns (masked model, model with the chosen kernels, example input, report)."""
+    if batch < 1 or repeats < 1:
+        raise PrunekitError(f"--batch and --repeats must be at least 1, got {batch} and "
+                            f"{repeats}")
+    check_device(device)
+    model, masks = load_run(run_dir, device)
+    height, width = input_size or run_input_size(run_dir)
+    example = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
+    example = example.to(device)
+    report = KernelReport(run=str(run_dir), input_shape=list(example.shape), device=device,
+                          threads=torch.get_num_threads(), simd=ops.simd_level())
+    inputs = conv_inputs(model, example)
+    for name, conv in masked_convs(model, masks):
+        report.layers.append(choose_kernel(name, conv, masks[f"{name}.weight"], inputs[name],
+                                           sparse_kernels, repeats))
+        progress(f"{name}: {report.layers[-1].kernel}")
+    chosen = with_chosen_kernels(model, masks, report.layers)
+    report.dense_ms = round(median_ms(model, example, repeats), 4)
+    report.chosen_ms = round(median_ms(chosen, example, repeats), 4)
+    return model, chosen, example, report
+
+
+def load_run(run_dir: str | Path, device: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The run's pruned model in eval mode (pruned weights zero) and its masks."""
+    checkpoint = Path(run_dir) / "checkpoint.pt"
+    if not Path(run_dir).is_dir():
+        raise PrunekitError(f"run folder {str(run_dir)!r} does not exist")
+    if not checkpoint.is_file():
+        raise PrunekitError(f"{str(run_dir)!r} has no checkpoint.pt: is it a finished "
+                            f"`prunekit run` folder?")
+    model, masks = load_checkpoint(checkpoint, device)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            model.get_parameter(name).mul_(mask)
+    return model.eval(), masks
+
+
+def run_input_size(run_dir: str | Path) -> tuple[int, int]:
+    """The image size the run trained on: its --image-size, else its dataset's own size."""
+    try:
+        config = json.loads((Path(run_dir) / "report.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise PrunekitError(f"{str(run_dir)!r} has no readable report.json to take the input "
+                            f"size from; pass --input-size HxW") from None
+    if config.get("image_size"):
+        return tuple(config["image_size"])
+    if config.get("dataset") in NATIVE_SIZES:
+        return NATIVE_SIZES[config["dataset"]]
+    raise PrunekitError(f"the run's dataset {config.get('dataset')!r} has no known image size; "
+                        "pass --input-size HxW")
+
+
+def check_device(device: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise PrunekitError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not (torch.cuda.is_available() and ops.cuda_compiled()):
+        raise PrunekitError("--device cuda needs a CUDA GPU and prunekit built with CUDA")
+
+
+def masked_convs(model: nn.Module, masks: dict[str, torch.Tensor]):
+    """(name, conv) of every Conv2d whose weight has a mask, in model order."""
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, nn.Conv2d) and f"{name}.weight" in masks]
+
+
+def conv_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The input each Conv2d of ``model`` receives when the model runs on ``example``."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [module.register_forward_pre_hook(
+                 lambda module, args, name=name: seen.setdefault(name, args[0].detach()))
+             for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def choose_kernel(name: str, conv: nn.Conv2d, mask: torch.Tensor, x: torch.Tensor,
+                  sparse_kernels: bool, repeats: int) -> LayerChoice:
+    """The faster of the dense and the sparse form of ``conv`` on its input ``x``."""
+    sparsity = round(1 - mask.float().mean().item(), 4)
+    shape = describe(conv, x)
+    if not sparse_kernels:
+        return LayerChoice(name, shape, sparsity, None, None, "dense", "--sparse-kernels off")
+    try:
+        SparseConv2d.from_conv(conv, mask)
+    except ValueError as exc:
+        return LayerChoice(name, shape, sparsity, None, None, "dense", str(exc))
+    timing = time_dense_and_sparse(conv, mask, x, repeats)
+    kernel = "sparse" if timing.sparse_ms < timing.dense_ms else "dense"
+    return LayerChoice(name, shape, sparsity, round(timing.dense_ms, 4),
+                       round(timing.sparse_ms, 4), kernel)
+
+
+def describe(conv: nn.Conv2d, x: torch.Tensor) -> str:
+    kh, kw = conv.kernel_size
+    text = f"{kh}x{kw} {conv.in_channels}->{conv.out_channels} @{x.shape[-2]}x{x.shape[-1]}"
+    if conv.stride != (1, 1):
+        text += f" stride {conv.stride[0]}"
+    if conv.dilation != (1, 1):
+        text += f" dil {conv.dilation[0]}"
+    return text
+
+
+def with_chosen_kernels(model: nn.Module, masks: dict[str, torch.Tensor],
+                        layers: list[LayerChoice]) -> nn.Module:
+    """A copy of ``model`` whose layers chosen sparse are ``SparseConv2d``."""
+    chosen = copy.deepcopy(model)
+    for layer in layers:
+        if layer.kernel == "sparse":
+            parent_name, _, child = layer.name.rpartition(".")
+            parent = chosen.get_submodule(parent_name)
+            conv = getattr(parent, child)
+            setattr(parent, child, SparseConv2d.from_conv(conv, masks[f"{layer.name}.weight"]))
+    return chosen.eval()
+
+
+def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """``model`` as a torch.export program for inputs like ``example``, any batch size."""
+    batch = torch.export.Dim("batch", min=1)
+    if example.shape[0] == 1:  # traced at batch 1, the batch would be specialised to 1
+        example = example.expand(2, *example.shape[1:])
+    with torch.no_grad():
+        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+
+
+def check_same_outputs(expected: nn.Module, got: nn.Module, example: torch.Tensor) -> None:
+    with torch.no_grad():
+        want, have = expected(example), got(example)
+    for task, output in want.items():
+        if not torch.allclose(have[task], output, rtol=1e-4, atol=1e-4):
+            difference = (have[task] - output).abs().max().item()
+            raise PrunekitError(f"the exported model's {task!r} output differs from the masked "
+                                f"model's (max difference {difference:.3g}); nothing written")
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """The model ``export_run`` wrote, ready to call (prunekit's kernels are registered by
+    importing prunekit.ops, which this module does)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrunekitError(f"exported model {str(path)!r} does not exist")
+    try:
+        return torch.export.load(path).module()
+    except Exception as exc:  # zip, pickle and torch errors alike: not an exported program
+        raise PrunekitError(f"{str(path)!r} could not be loaded as an exported model "
+                            f"({type(exc).__name__})") from exc
+
+
+def format_report(report: KernelReport) -> str:
+    """Per layer: sparsity, dense and sparse ms, the chosen kernel; then end to end."""
+    width = max([len(layer.name) for layer in report.layers] + [5])
+    shape_width = max([len(layer.shape) for layer in report.layers] + [5])
+    lines = [f"{'layer':<{width}}  {'shape':<{shape_width}}  sparsity  dense ms  sparse ms  kernel"]
+    for layer in report.layers:
+        timings = ("       -          -" if layer.dense_ms is None
+                   else f"{layer.dense_ms:8.3f}  {layer.sparse_ms:9.3f}")
+        lines.append(f"{layer.name:<{width}}  {layer.shape:<{shape_width}}  {layer.sparsity:8.3f}"
+                     f"  {timings}  {layer.kernel}" + (f" ({layer.why})" if layer.why else ""))
+    sparse = sum(layer.kernel == "sparse" for layer in report.layers)
+    lines.append(f"end to end, input {'x'.join(map(str, report.input_shape))} on "
+                 f"{report.device} ({report.threads} threads, {report.simd}): dense "
+                 f"{report.dense_ms:.2f} ms, chosen kernels {report.chosen_ms:.2f} ms "
+                 f"({report.speedup:.2f}x; {sparse} of {len(report.layers)} convs sparse)")
+    if report.model_file:
+        lines.append(f"wrote {report.model_file}")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""Exporting a pruned run with sparse kernels (prunekit.export, `prunekit export`) and the
+kernel benchmarks of the command line (`prunekit bench conv|model`)."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit import export
+from prunekit.cli import main
+from prunekit.conv_timing import ConvShape, bench_conv, crossovers, format_conv_table
+from prunekit.errors import PrunekitError
+from prunekit.sparse_conv import SparseConv2d
+
+INPUT = (32, 40)  # the quick run's image size
+
+
+def invoke(capsys, *args):
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A finished quick run pruned to 90%."""
+    folder = tmp_path_factory.mktemp("runs") / "pruned"
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--quick", "--no-progress", "--out", str(folder)])
+    assert exit_.value.code == 0
+    return folder
+
+
+def all_sparse(model, masks, example):
+    """The model with every masked conv swapped for its SparseConv2d, whatever the timings."""
+    layers = [export.LayerChoice(name, "", 0.9, None, None, "sparse")
+              for name, _ in export.masked_convs(model, masks)]
+    return export.with_chosen_kernels(model, masks, layers)
+
+
+def test_the_run_input_size_and_layers(run_dir):
+    assert export.run_input_size(run_dir) == INPUT
+    model, masks = export.load_run(run_dir, "cpu")
+    convs = export.masked_convs(model, masks)
+    assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 50
+    for name, conv in convs:  # pruned weights are zero
+        assert not conv.weight[~masks[f"{name}.weight"]].any()
+
+
+def test_every_conv_sparse_gives_the_masked_models_outputs(run_dir):
+    model, masks = export.load_run(run_dir, "cpu")
+    example = torch.randn(2, 3, *INPUT)
+    sparse = all_sparse(model, masks, example)
+    assert sum(isinstance(m, SparseConv2d) for m in sparse.modules()) == len(
+        export.masked_convs(model, masks))
+    with torch.no_grad():
+        want, got = model(example), sparse(example)
+    for task in want:
+        torch.testing.assert_close(got[task], want[task], rtol=1e-4, atol=1e-4)
+
+
+def test_an_exported_all_sparse_program_round_trips_at_any_batch(run_dir, tmp_path):
+    model, masks = export.load_run(run_dir, "cpu")
+    example = torch.randn(1, 3, *INPUT)
+    program = export.export_program(all_sparse(model, masks, example), example)
+    torch.export.save(program, tmp_path / "model.pt2")
+    loaded = export.load_exported(tmp_path / "model.pt2")
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, *INPUT)
+        with torch.no_grad():
+            want, got = model(x), loaded(x)
+        for task in want:
+            torch.testing.assert_close(got[task], want[task], rtol=1e-4, atol=1e-4)
+
+
+def test_export_run_writes_the_model_and_the_per_layer_report(run_dir, tmp_path):
+    report = export.export_run(run_dir, repeats=1, out=tmp_path / "out")
+    written = json.loads((tmp_path / "out" / export.REPORT_FILE).read_text())
+    assert written["input_shape"] == [1, 3, *INPUT] and written["device"] == "cpu"
+    assert len(written["layers"]) == len(report.layers) > 50
+    for layer in written["layers"]:
+        assert layer["kernel"] in ("sparse", "dense") and 0 <= layer["sparsity"] <= 1
+        assert layer["dense_ms"] > 0 and layer["sparse_ms"] > 0
+        faster = "sparse" if layer["sparse_ms"] < layer["dense_ms"] else "dense"
+        assert layer["kernel"] == faster
+    assert written["dense_ms"] > 0 and written["chosen_ms"] > 0
+    assert written["sparse_layers"] == sum(l["kernel"] == "sparse" for l in written["layers"])
+    model, _ = export.load_run(run_dir, "cpu")
+    loaded = export.load_exported(tmp_path / "out" / export.MODEL_FILE)
+    x = torch.randn(2, 3, *INPUT)
+    with torch.no_grad():
+        want, got = model(x), loaded(x)
+    for task in want:
+        torch.testing.assert_close(got[task], want[task], rtol=1e-4, atol=1e-4)
+    assert "end to end" in export.format_report(report)
+
+
+def test_dense_kernels_keep_every_layer_dense(run_dir, tmp_path):
+    report = export.export_run(run_dir, sparse_kernels=False, repeats=1, out=tmp_path)
+    assert {layer.kernel for layer in report.layers} == {"dense"}
+    assert all(layer.dense_ms is None for layer in report.layers)
+
+
+def test_outputs_that_differ_are_refused(run_dir):
+    model, masks = export.load_run(run_dir, "cpu")
+    example = torch.randn(1, 3, *INPUT)
+    broken = all_sparse(model, masks, example)
+    first = next(m for m in broken.modules() if isinstance(m, SparseConv2d))
+    first.values.add_(1.0)
+    with pytest.raises(PrunekitError, match="differs from the masked model"):
+        export.check_same_outputs(model, broken, example)
+
+
+def test_export_cli_writes_into_the_run_folder(capsys, run_dir):
+    code, out, err = invoke(capsys, "export", str(run_dir), "--repeats", "1", "--batch", "2")
+    assert code == 0, err
+    assert "end to end, input 2x3x32x40" in out
+    assert (run_dir / "export" / "model.pt2").is_file()
+    code, out, _ = invoke(capsys, "bench", "model", str(run_dir), "--repeats", "1", "--json")
+    assert code == 0 and json.loads(out)["input_shape"] == [1, 3, *INPUT]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["export", "no/such/run"], "does not exist"),
+    (["export", "{empty}"], "has no checkpoint.pt"),
+    (["export", "{run}", "--device", "tpu"], "--device must be cpu or cuda"),
+    (["export", "{run}", "--input-size", "big"], "HEIGHTxWIDTH"),
+    (["export", "{run}", "--batch", "0"], "at least 1"),
+    (["bench", "conv", "--sparsity", "0.9,1.5"], "sparsities must lie in [0, 1)"),
+    (["bench", "conv", "--repeats", "0"], "at least 1"),
+    (["bench", "model", "{empty}"], "has no checkpoint.pt"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, run_dir, args, message):
+    args = [a.format(run=run_dir, empty=tmp_path) for a in args]
+    code, _, err = invoke(capsys, *args)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_file_that_is_not_an_exported_model_is_refused(tmp_path):
+    (tmp_path / "model.pt2").write_text("not a model")
+    with pytest.raises(PrunekitError, match="could not be loaded"):
+        export.load_exported(tmp_path / "model.pt2")
+
+
+def test_bench_conv_rows_table_and_crossovers():
+    shapes = [ConvShape("3x3 8@12x12", 8, 8, 3, 12, 12, padding=1),
+              ConvShape("1x1 16->4@9x7", 16, 4, 1, 9, 7)]
+    rows = bench_conv([0.5, 0.9], repeats=1, shapes=shapes)
+    assert [(r["layer"], r["sparsity"]) for r in rows] == [
+        (s.name, p) for s in shapes for p in (0.5, 0.9)]
+    for row in rows:
+        assert row["speedup"] == pytest.approx(row["dense_ms"] / row["sparse_ms"], rel=1e-2)
+    table = format_conv_table(rows)
+    assert "3x3 8@12x12" in table and "sparsity 0.9" in table
+
+
+def test_crossover_is_where_sparse_stays_faster():
+    rows = [{"layer": "a", "sparsity": s, "speedup": x}
+            for s, x in ((0.7, 0.8), (0.8, 1.1), (0.9, 0.9), (0.95, 2.0))]
+    rows += [{"layer": "b", "sparsity": s, "speedup": x} for s, x in ((0.7, 1.2), (0.9, 3.0))]
+    rows += [{"layer": "c", "sparsity": 0.9, "speedup": 0.5}]
+    assert crossovers(rows) == {"a": 0.95, "b": 0.7, "c": None}
+
+
+def test_bench_conv_cli_json_and_plot(capsys, tmp_path):
+    plot = tmp_path / "speedup.png"
+    code, out, err = invoke(capsys, "bench", "conv", "--sparsity", "0.95", "--repeats", "1",
+                            "--json", "--plot", str(plot))
+    assert code == 0, err
+    record = json.loads(out)
+    assert {row["layer"] for row in record["rows"]} == set(record["crossovers"])
+    assert len(record["rows"]) == 8
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
