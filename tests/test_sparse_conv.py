@@ -87,6 +87,36 @@ def test_network_layer_shapes(shape, options, width, device):
     assert_matches_reference(conv, random_mask(conv.weight.shape, 0.1, generator), x, device)
 
 
+@pytest.mark.usefixtures("cpu_build")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dilation, stride", [(6, 1), (7, 1), ((7, 9), 1), (12, 1), (24, 1),
+                                              (5, 2), ((9, 3), (1, 2)), ((2, 30), 1)])
+def test_taps_that_never_reach_the_image(dilation, stride, device):
+    """ASPP on a small feature map: with padding as large as the dilation, most taps only ever
+    read padding (the CPU kernel leaves them out and narrows the border), the rest part of the
+    image."""
+    generator = torch.Generator().manual_seed(3)
+    conv = conv_layer(16, 8, 3, generator, padding=dilation, dilation=dilation, stride=stride)
+    x = torch.randn(2, 16, 8, 10, generator=generator)
+    for density in (0.1, 0.5, 1.0):
+        assert_matches_reference(conv, random_mask(conv.weight.shape, density, generator), x,
+                                 device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_infinite_weight_on_padding_alone_gives_nan_as_the_dense_conv_does(device):
+    generator = torch.Generator().manual_seed(4)
+    conv = conv_layer(2, 3, 3, generator, padding=24, dilation=24)
+    with torch.no_grad():
+        conv.weight[1, 0, 0, 0] = math.inf  # a corner tap: never on an 8x10 image, 0 * inf
+    x = torch.randn(1, 2, 8, 10, generator=generator)
+    mask = torch.ones(conv.weight.shape, dtype=torch.bool)
+    got = SparseConv2d.from_conv(conv, mask).to(device)(x.to(device)).cpu()
+    want = F.conv2d(x, conv.weight.detach(), conv.bias.detach(), padding=24, dilation=24)
+    torch.testing.assert_close(got, want, equal_nan=True)
+    assert got[0, 1].isnan().all() and got[0, 0].isfinite().all()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", ["all pruned", "all kept", "one weight", "empty rows"])
 def test_adversarial_masks(case, device):

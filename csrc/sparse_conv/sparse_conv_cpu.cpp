@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -215,21 +216,114 @@ void convolve(const Problem<scalar_t>& p) {
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { loop(p, begin, end); });
 }
 
-// The (in-channel, kh, kw) column of each kept weight as an offset into one padded image. A
-// plain loop: a chain of tensor ops here cost more than a small layer's whole convolution.
-std::vector<int64_t> padded_offsets(const at::Tensor& columns, const SparseConvArgs& a) {
-  const at::Tensor cols = columns.contiguous();
-  std::vector<int64_t> offsets(cols.numel());
-  AT_DISPATCH_INDEX_TYPES(cols.scalar_type(), "padded_offsets", [&] {
-    const index_t* column = cols.const_data_ptr<index_t>();
-    for (size_t i = 0; i < offsets.size(); ++i) {
-      const int64_t kw = column[i] % a.kernel_w;
-      const int64_t kh = column[i] / a.kernel_w % a.kernel_h;
-      const int64_t ic = column[i] / (a.kernel_w * a.kernel_h);
-      offsets[i] = (ic * a.padded_h + kh * a.dilation_h) * a.padded_w + kw * a.dilation_w;
+// Whether a tap `shift` input elements from each output's window start ever lands on the image:
+// some output o in [0, outputs) with 0 <= o * stride + shift < size.
+bool reaches_image(int64_t shift, int64_t stride, int64_t outputs, int64_t size) {
+  const int64_t first = shift >= 0 ? 0 : (-shift + stride - 1) / stride;
+  return first < outputs && first * stride + shift < size;
+}
+
+// What the task loop multiplies, planned per call (a loop over the kept weights; tensor ops here
+// would cost more than a small layer's convolution). Kept weights whose tap never lands on the
+// image (large dilations on small feature maps: ASPP) only ever multiply padding zeros, so they
+// are left out unless they are inf or NaN (which turn padding into NaN, as in F.conv2d). The
+// zero border around each image is only as wide as the remaining taps reach, not the layer's
+// padding.
+template <typename scalar_t>
+struct Plan {
+  std::vector<scalar_t> values;
+  std::vector<int64_t> row_offsets{0};
+  std::vector<int64_t> offsets;  // into one bordered image
+  int64_t top = 0, left = 0;     // the border above and left of the image
+  int64_t padded_h = 0, padded_w = 0;
+};
+
+template <typename scalar_t>
+Plan<scalar_t> plan_taps(const SparseConvArgs& a, int64_t height, int64_t width,
+                         const at::Tensor& values, const at::Tensor& row_offsets,
+                         const at::Tensor& columns) {
+  const at::Tensor values_c = values.contiguous(), rows_c = row_offsets.contiguous();
+  const at::Tensor columns_c = columns.to(at::kLong).contiguous();
+  const scalar_t* value = values_c.const_data_ptr<scalar_t>();
+  const int64_t* row = rows_c.const_data_ptr<int64_t>();
+  const int64_t* column = columns_c.const_data_ptr<int64_t>();
+  Plan<scalar_t> plan;
+  struct Tap {
+    int64_t channel, row_shift, column_shift;
+  };
+  std::vector<Tap> taps;
+  int64_t top = 0, left = 0, below = 0, right = 0;  // reach beyond each edge of the image
+  for (int64_t oc = 0; oc < a.out_channels; ++oc) {
+    for (int64_t j = row[oc]; j < row[oc + 1]; ++j) {
+      const int64_t kw = column[j] % a.kernel_w, kh = column[j] / a.kernel_w % a.kernel_h;
+      const Tap tap{column[j] / (a.kernel_w * a.kernel_h), kh * a.dilation_h - a.padding_h,
+                    kw * a.dilation_w - a.padding_w};
+      const bool lands = reaches_image(tap.row_shift, a.stride_h, a.out_h, height) &&
+                         reaches_image(tap.column_shift, a.stride_w, a.out_w, width);
+      if (!lands && std::isfinite(value[j])) continue;
+      plan.values.push_back(value[j]);
+      taps.push_back(tap);
+      top = std::max(top, -tap.row_shift);
+      left = std::max(left, -tap.column_shift);
+      below = std::max(below, (a.out_h - 1) * a.stride_h + tap.row_shift + 1 - height);
+      right = std::max(right, (a.out_w - 1) * a.stride_w + tap.column_shift + 1 - width);
+    }
+    plan.row_offsets.push_back(static_cast<int64_t>(plan.values.size()));
+  }
+  plan.top = top, plan.left = left;
+  plan.padded_h = top + height + below;
+  plan.padded_w = left + width + right;
+  for (const Tap& tap : taps) {
+    plan.offsets.push_back((tap.channel * plan.padded_h + tap.row_shift + top) * plan.padded_w +
+                           tap.column_shift + left);
+  }
+  return plan;
+}
+
+// Each image of `input` inside its zero border, planes one after another, then `slack` zeros.
+template <typename scalar_t>
+at::Tensor bordered_images(const at::Tensor& input, const Plan<scalar_t>& plan, int64_t slack) {
+  const at::Tensor x = input.contiguous();
+  const int64_t planes = x.size(0) * x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t plane = plan.padded_h * plan.padded_w;
+  at::Tensor buffer = at::empty({planes * plane + slack}, x.options());
+  const scalar_t* from = x.const_data_ptr<scalar_t>();
+  scalar_t* to = buffer.data_ptr<scalar_t>();
+  at::parallel_for(0, planes, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      scalar_t* out = to + p * plane;
+      std::fill(out, out + plan.top * plan.padded_w, scalar_t(0));
+      for (int64_t h = 0; h < height; ++h) {
+        scalar_t* line = out + (plan.top + h) * plan.padded_w;
+        std::fill(line, line + plan.left, scalar_t(0));
+        std::copy(from + (p * height + h) * width, from + (p * height + h + 1) * width,
+                  line + plan.left);
+        std::fill(line + plan.left + width, line + plan.padded_w, scalar_t(0));
+      }
+      std::fill(out + (plan.top + height) * plan.padded_w, out + plane, scalar_t(0));
     }
   });
-  return offsets;
+  std::fill(to + planes * plane, to + planes * plane + slack, scalar_t(0));
+  return buffer;
+}
+
+template <typename scalar_t>
+void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const at::Tensor& values,
+                    const at::Tensor& row_offsets, const at::Tensor& columns,
+                    const scalar_t* bias, at::Tensor& output) {
+  const Plan<scalar_t> plan = plan_taps<scalar_t>(a, input.size(2), input.size(3), values,
+                                                  row_offsets, columns);
+  Geometry g{a.batch, a.in_channels, a.out_channels, plan.padded_h, plan.padded_w,
+             a.out_h, a.out_w, a.stride_h, a.stride_w, 1};
+  g.rows_per_band = std::clamp<int64_t>(kBandSize / g.padded_w, 1, g.out_h);
+  // Blocks read up to kBlock past a row's last output, and a tap reaches at most the kernel's
+  // span into the row below.
+  const int64_t slack = kBlock + (a.kernel_w - 1) * a.dilation_w + g.padded_w;
+  const at::Tensor buffer = bordered_images(input, plan, slack);
+  convolve(Problem<scalar_t>{g, buffer.const_data_ptr<scalar_t>(), plan.values.data(),
+                             plan.row_offsets.data(), plan.offsets.data(), bias,
+                             output.data_ptr<scalar_t>(),
+                             (g.out_h + g.rows_per_band - 1) / g.rows_per_band});
 }
 
 at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
@@ -239,32 +333,13 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
                              at::IntArrayRef dilation) {
   const SparseConvArgs args = check_sparse_conv_args(input, values, row_offsets, columns, bias,
                                                      kernel_size, stride, padding, dilation);
-  Geometry g{args.batch, args.in_channels, args.out_channels, args.padded_h, args.padded_w,
-             args.out_h, args.out_w, args.stride_h, args.stride_w, 1};
-  g.rows_per_band = std::clamp<int64_t>(kBandSize / g.padded_w, 1, g.out_h);
-  at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
+  at::Tensor output =
+      at::empty({args.batch, args.out_channels, args.out_h, args.out_w}, input.options());
   if (output.numel() == 0) return output;
-
-  // The padded images, then slack that blocks may read past the last one (never used).
-  const int64_t size = g.batch * g.in_channels * g.padded_h * g.padded_w;
-  const int64_t slack = kBlock + (args.kernel_w - 1) * args.dilation_w + g.padded_w;
-  at::Tensor buffer = at::zeros({size + slack}, input.options());
-  buffer.narrow(0, 0, size)
-      .view({g.batch, g.in_channels, g.padded_h, g.padded_w})
-      .narrow(2, args.padding_h, input.size(2))
-      .narrow(3, args.padding_w, input.size(3))
-      .copy_(input);
-  const std::vector<int64_t> offsets = padded_offsets(columns, args);
-  const at::Tensor values_c = values.contiguous();
-  const at::Tensor rows = row_offsets.contiguous();
   const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sparse_conv2d_cpu", [&] {
-    convolve(Problem<scalar_t>{g, buffer.const_data_ptr<scalar_t>(),
-                               values_c.const_data_ptr<scalar_t>(),
-                               rows.const_data_ptr<int64_t>(), offsets.data(),
-                               bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
-                               output.data_ptr<scalar_t>(),
-                               (g.out_h + g.rows_per_band - 1) / g.rows_per_band});
+    convolve_input<scalar_t>(args, input, values, row_offsets, columns,
+                             bias ? bias_c.const_data_ptr<scalar_t>() : nullptr, output);
   });
   return output;
 }
