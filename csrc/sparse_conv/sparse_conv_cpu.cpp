@@ -238,15 +238,13 @@ struct Plan {
   int64_t padded_h = 0, padded_w = 0;
 };
 
-template <typename scalar_t>
-Plan<scalar_t> plan_taps(const SparseConvArgs& a, int64_t height, int64_t width,
-                         const at::Tensor& values, const at::Tensor& row_offsets,
-                         const at::Tensor& columns) {
-  const at::Tensor values_c = values.contiguous(), rows_c = row_offsets.contiguous();
-  const at::Tensor columns_c = columns.to(at::kLong).contiguous();
-  const scalar_t* value = values_c.const_data_ptr<scalar_t>();
-  const int64_t* row = rows_c.const_data_ptr<int64_t>();
-  const int64_t* column = columns_c.const_data_ptr<int64_t>();
+template <typename scalar_t, typename index_t>
+Plan<scalar_t> plan_taps_of(const SparseConvArgs& a, int64_t height, int64_t width,
+                            const at::Tensor& values, const at::Tensor& row_offsets,
+                            const at::Tensor& columns) {
+  const scalar_t* value = values.const_data_ptr<scalar_t>();
+  const int64_t* row = row_offsets.const_data_ptr<int64_t>();
+  const index_t* column = columns.const_data_ptr<index_t>();
   Plan<scalar_t> plan;
   struct Tap {
     int64_t channel, row_shift, column_shift;
@@ -280,6 +278,18 @@ Plan<scalar_t> plan_taps(const SparseConvArgs& a, int64_t height, int64_t width,
   return plan;
 }
 
+template <typename scalar_t>
+Plan<scalar_t> plan_taps(const SparseConvArgs& a, int64_t height, int64_t width,
+                         const at::Tensor& values, const at::Tensor& row_offsets,
+                         const at::Tensor& columns) {
+  Plan<scalar_t> plan;
+  AT_DISPATCH_INDEX_TYPES(columns.scalar_type(), "plan_taps", [&] {
+    plan = plan_taps_of<scalar_t, index_t>(a, height, width, values.contiguous(),
+                                           row_offsets.contiguous(), columns.contiguous());
+  });
+  return plan;
+}
+
 // Each image of `input` inside its zero border, planes one after another, then `slack` zeros.
 template <typename scalar_t>
 at::Tensor bordered_images(const at::Tensor& input, const Plan<scalar_t>& plan, int64_t slack) {
@@ -289,7 +299,9 @@ at::Tensor bordered_images(const at::Tensor& input, const Plan<scalar_t>& plan, 
   at::Tensor buffer = at::empty({planes * plane + slack}, x.options());
   const scalar_t* from = x.const_data_ptr<scalar_t>();
   scalar_t* to = buffer.data_ptr<scalar_t>();
-  at::parallel_for(0, planes, 16, [&](int64_t begin, int64_t end) {
+  // Threads only for work worth waking them (a fork costs more than a small layer's copy).
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(plane, 1));
+  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       scalar_t* out = to + p * plane;
       std::fill(out, out + plan.top * plan.padded_w, scalar_t(0));
