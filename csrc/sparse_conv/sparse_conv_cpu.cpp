@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "../simd/simd.h"
@@ -34,6 +35,7 @@ namespace {
 
 constexpr int64_t kBlock = 32;      // output positions summed in registers at a time
 constexpr int64_t kBandSize = 1024;  // about this many output positions per parallel task
+constexpr int64_t kMinParallelWork = int64_t(1) << 15;  // multiply-adds per thread, at least
 
 // The shapes of one call, in elements.
 struct Geometry {
@@ -213,7 +215,12 @@ template <typename scalar_t>
 void convolve(const Problem<scalar_t>& p) {
   const TaskLoop<scalar_t> loop = best_task_loop<scalar_t>();
   const int64_t tasks = p.g.batch * p.bands * p.g.out_channels;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { loop(p, begin, end); });
+  // Threads only for calls worth waking them: a task multiplies about (kept weights per channel)
+  // x (positions of its band), and waking a thread costs some thousands of those.
+  const int64_t kept_per_channel = p.row_offsets[p.g.out_channels] / p.g.out_channels;
+  const int64_t work = std::max<int64_t>(1, kept_per_channel * p.g.rows_per_band * p.g.padded_w);
+  const int64_t grain = std::max<int64_t>(1, kMinParallelWork / work);
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { loop(p, begin, end); });
 }
 
 // Whether a tap `shift` input elements from each output's window start ever lands on the image:
@@ -246,34 +253,59 @@ Plan<scalar_t> plan_taps_of(const SparseConvArgs& a, int64_t height, int64_t wid
   const int64_t* row = row_offsets.const_data_ptr<int64_t>();
   const index_t* column = columns.const_data_ptr<index_t>();
   Plan<scalar_t> plan;
+  struct Shift {  // of one (kh, kw) position of the kernel
+    int64_t row, column;
+    bool lands, used = false;
+  };
+  const int64_t area = a.kernel_h * a.kernel_w;
+  std::vector<Shift> shifts;
+  shifts.reserve(area);
+  for (int64_t kh = 0; kh < a.kernel_h; ++kh) {
+    for (int64_t kw = 0; kw < a.kernel_w; ++kw) {
+      const int64_t row_shift = kh * a.dilation_h - a.padding_h;
+      const int64_t column_shift = kw * a.dilation_w - a.padding_w;
+      shifts.push_back({row_shift, column_shift,
+                        reaches_image(row_shift, a.stride_h, a.out_h, height) &&
+                            reaches_image(column_shift, a.stride_w, a.out_w, width)});
+    }
+  }
+  // 32-bit division where the columns allow it: a 64-bit one dominated small layers' calls.
+  const bool narrow = a.in_channels * area <= std::numeric_limits<uint32_t>::max();
   struct Tap {
-    int64_t channel, row_shift, column_shift;
+    int64_t channel;
+    const Shift* shift;
   };
   std::vector<Tap> taps;
-  int64_t top = 0, left = 0, below = 0, right = 0;  // reach beyond each edge of the image
+  taps.reserve(a.nonzeros);
+  plan.values.reserve(a.nonzeros);
   for (int64_t oc = 0; oc < a.out_channels; ++oc) {
     for (int64_t j = row[oc]; j < row[oc + 1]; ++j) {
-      const int64_t kw = column[j] % a.kernel_w, kh = column[j] / a.kernel_w % a.kernel_h;
-      const Tap tap{column[j] / (a.kernel_w * a.kernel_h), kh * a.dilation_h - a.padding_h,
-                    kw * a.dilation_w - a.padding_w};
-      const bool lands = reaches_image(tap.row_shift, a.stride_h, a.out_h, height) &&
-                         reaches_image(tap.column_shift, a.stride_w, a.out_w, width);
-      if (!lands && std::isfinite(value[j])) continue;
+      const int64_t channel =
+          narrow ? static_cast<uint32_t>(column[j]) / static_cast<uint32_t>(area)
+                 : column[j] / area;
+      Shift& shift = shifts[column[j] - channel * area];
+      if (!shift.lands && std::isfinite(value[j])) continue;
+      shift.used = true;
       plan.values.push_back(value[j]);
-      taps.push_back(tap);
-      top = std::max(top, -tap.row_shift);
-      left = std::max(left, -tap.column_shift);
-      below = std::max(below, (a.out_h - 1) * a.stride_h + tap.row_shift + 1 - height);
-      right = std::max(right, (a.out_w - 1) * a.stride_w + tap.column_shift + 1 - width);
+      taps.push_back({channel, &shift});
     }
     plan.row_offsets.push_back(static_cast<int64_t>(plan.values.size()));
+  }
+  int64_t top = 0, left = 0, below = 0, right = 0;  // reach beyond each edge of the image
+  for (const Shift& shift : shifts) {
+    if (!shift.used) continue;
+    top = std::max(top, -shift.row);
+    left = std::max(left, -shift.column);
+    below = std::max(below, (a.out_h - 1) * a.stride_h + shift.row + 1 - height);
+    right = std::max(right, (a.out_w - 1) * a.stride_w + shift.column + 1 - width);
   }
   plan.top = top, plan.left = left;
   plan.padded_h = top + height + below;
   plan.padded_w = left + width + right;
+  plan.offsets.reserve(taps.size());
   for (const Tap& tap : taps) {
-    plan.offsets.push_back((tap.channel * plan.padded_h + tap.row_shift + top) * plan.padded_w +
-                           tap.column_shift + left);
+    plan.offsets.push_back((tap.channel * plan.padded_h + tap.shift->row + top) * plan.padded_w +
+                           tap.shift->column + left);
   }
   return plan;
 }
