@@ -207,12 +207,24 @@ def with_chosen_kernels(model: nn.Module, masks: dict[str, torch.Tensor],
 
 
 def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    """``model`` as a torch.export program for inputs like ``example``, any batch size."""
+    """``model`` as a torch.export program for inputs like ``example``, any batch size. Dropout
+    layers, identities at inference, are left out of the program."""
+    model = without_dropout(model)
     batch = torch.export.Dim("batch", min=1)
     if example.shape[0] == 1:  # traced at batch 1, the batch would be specialised to 1
         example = example.expand(2, *example.shape[1:])
     with torch.no_grad():
         return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+
+
+def without_dropout(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose dropout layers are identities (what they are in eval mode)."""
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, nn.Identity())
+    return model
 
 
 def check_same_outputs(expected: nn.Module, got: nn.Module, example: torch.Tensor) -> None:
