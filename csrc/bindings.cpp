@@ -56,4 +56,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Which build of the CPU hot loops runs: 'avx2' or 'default'.");
   m.def("force_default_simd", &prunekit::simd::force_default, py::arg("forced"),
         "Run the default build of the CPU hot loops even on AVX2 CPUs (for tests), or not.");
+  m.def("default_simd_forced", &prunekit::simd::default_forced,
+        "Whether force_default_simd(True) is in effect.");
 }

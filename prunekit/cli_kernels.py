@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -73,6 +74,8 @@ def bench_conv_command(sparsity_list, device, batch, repeats, plot, as_json):
         raise PrunekitError(f"--batch and --repeats must be at least 1, got {batch} and "
                             f"{repeats}")
     check_device(device)
+    if plot:
+        check_plot_path(plot)
     rows = bench_conv(sparsity_list, device, batch, repeats,
                       progress=lambda line: echo_err(f"bench: {line}"))
     if plot:
@@ -85,6 +88,15 @@ def bench_conv_command(sparsity_list, device, batch, repeats, plot, as_json):
         click.echo(format_conv_table(rows))
     if plot:
         echo_err(f"wrote {plot}")
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse a plot path that cannot be written before the benchmark runs, not after."""
+    target = Path(path)
+    if target.is_dir():
+        raise PrunekitError(f"--plot {path!r} is a folder; give a file name such as speedup.png")
+    if not target.parent.is_dir():
+        raise PrunekitError(f"--plot {path!r}: folder {str(target.parent)!r} does not exist")
 
 
 @bench_group.command("model")

@@ -105,9 +105,9 @@ def bench_conv(sparsities: Sequence[float], device: str = "cpu", batch: int = 1,
             conv, mask = random_masked_conv(shape, sparsity, device, generator)
             timing = time_dense_and_sparse(conv, mask, x, repeats)
             rows.append({"layer": shape.name, "batch": batch, "sparsity": sparsity,
-                         "dense_ms": round(timing.dense_ms, 4),
-                         "sparse_ms": round(timing.sparse_ms, 4),
-                         "speedup": round(timing.speedup, 3)})
+                         "dense_ms": round(timing.dense_ms, 6),
+                         "sparse_ms": round(timing.sparse_ms, 6),
+                         "speedup": round(timing.speedup, 4)})
             progress(f"{shape.name} sparsity {sparsity}: {timing.speedup:.2f}x")
     return rows
 

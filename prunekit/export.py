@@ -22,7 +22,7 @@ from . import ops
 from .conv_timing import median_ms, time_dense_and_sparse
 from .data import NATIVE_SIZES
 from .engine import load_checkpoint
-from .errors import PrunekitError
+from .errors import PrunekitError, one_line
 from .files import atomic_write, write_json
 from .sparse_conv import SparseConv2d
 
@@ -74,6 +74,8 @@ def export_run(run_dir: str | Path, *, sparse_kernels: bool = True,
         run_dir, sparse_kernels=sparse_kernels, input_size=input_size, batch=batch,
         device=device, repeats=repeats, progress=progress)
     folder = Path(out) if out else Path(run_dir) / EXPORT_FOLDER
+    if folder.exists() and not folder.is_dir():
+        raise PrunekitError(f"output folder {str(folder)!r} is an existing file")
     program = export_program(chosen, example)
     check_same_outputs(model, program.module(), example)
     atomic_write(folder / MODEL_FILE, lambda temporary: torch.export.save(program, temporary))
@@ -116,10 +118,14 @@ def load_run(run_dir: str | Path, device: str) -> tuple[nn.Module, dict[str, tor
     if not checkpoint.is_file():
         raise PrunekitError(f"{str(run_dir)!r} has no checkpoint.pt: is it a finished "
                             f"`prunekit run` folder?")
-    model, masks = load_checkpoint(checkpoint, device)
-    with torch.no_grad():
-        for name, mask in masks.items():
-            model.get_parameter(name).mul_(mask)
+    try:
+        model, masks = load_checkpoint(checkpoint, device)
+        with torch.no_grad():
+            for name, mask in masks.items():
+                model.get_parameter(name).mul_(mask)
+    except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        raise PrunekitError(f"{str(checkpoint)!r} is not a pruned run's checkpoint this version "
+                            f"can rebuild ({type(exc).__name__}: {one_line(exc, 200)})") from exc
     return model.eval(), masks
 
 
@@ -127,14 +133,19 @@ def run_input_size(run_dir: str | Path) -> tuple[int, int]:
     """The image size the run trained on: its --image-size, else its dataset's own size."""
     try:
         config = json.loads((Path(run_dir) / "report.json").read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError):
+        size, dataset = config.get("image_size"), config.get("dataset")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise PrunekitError(f"{str(run_dir)!r} has no readable report.json to take the input "
                             f"size from; pass --input-size HxW") from None
-    if config.get("image_size"):
-        return tuple(config["image_size"])
-    if config.get("dataset") in NATIVE_SIZES:
-        return NATIVE_SIZES[config["dataset"]]
-    raise PrunekitError(f"the run's dataset {config.get('dataset')!r} has no known image size; "
+    if size:
+        if (not isinstance(size, list) or len(size) != 2
+                or not all(isinstance(v, int) and v >= 8 for v in size)):
+            raise PrunekitError(f"the run's report.json has image_size {size!r}, not two "
+                                "sizes of at least 8; pass --input-size HxW")
+        return tuple(size)
+    if isinstance(dataset, str) and dataset in NATIVE_SIZES:
+        return NATIVE_SIZES[dataset]
+    raise PrunekitError(f"the run's dataset {dataset!r} has no known image size; "
                         "pass --input-size HxW")
 
 
@@ -160,6 +171,9 @@ def conv_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Tens
     try:
         with torch.no_grad():
             model(example)
+    except RuntimeError as exc:
+        raise PrunekitError(f"the model cannot run on a {'x'.join(map(str, example.shape))} "
+                            f"input ({one_line(exc, 200)}); try another --input-size") from exc
     finally:
         for hook in hooks:
             hook.remove()
@@ -179,8 +193,8 @@ def choose_kernel(name: str, conv: nn.Conv2d, mask: torch.Tensor, x: torch.Tenso
         return LayerChoice(name, shape, sparsity, None, None, "dense", str(exc))
     timing = time_dense_and_sparse(conv, mask, x, repeats)
     kernel = "sparse" if timing.sparse_ms < timing.dense_ms else "dense"
-    return LayerChoice(name, shape, sparsity, round(timing.dense_ms, 4),
-                       round(timing.sparse_ms, 4), kernel)
+    return LayerChoice(name, shape, sparsity, round(timing.dense_ms, 6),
+                       round(timing.sparse_ms, 6), kernel)
 
 
 def describe(conv: nn.Conv2d, x: torch.Tensor) -> str:
@@ -228,7 +242,8 @@ def without_dropout(model: nn.Module) -> nn.Module:
 
 
 def check_same_outputs(expected: nn.Module, got: nn.Module, example: torch.Tensor) -> None:
-    with torch.no_grad():
+    # cuDNN may use TF32; the sparse kernel computes in float32, so compare with float32 convs
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         want, have = expected(example), got(example)
     for task, output in want.items():
         if not torch.allclose(have[task], output, rtol=1e-4, atol=1e-4):

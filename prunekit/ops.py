@@ -36,11 +36,12 @@ def simd_level() -> str:
 def default_simd():
     """Runs the default build of the CPU hot loops inside the block, even on an AVX2 CPU (to test
     or compare the builds). Process-wide: not for concurrent use from several threads."""
+    forced_before = _C.default_simd_forced()
     _C.force_default_simd(True)
     try:
         yield
     finally:
-        _C.force_default_simd(False)
+        _C.force_default_simd(forced_before)
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:

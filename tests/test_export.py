@@ -138,6 +138,45 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, run_dir, args, 
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("report, message", [
+    ({"config": {"image_size": 64}}, "not two sizes of at least 8"),
+    ({"config": {"image_size": [64, 80, 3]}}, "not two sizes of at least 8"),
+    ({"config": {"image_size": [4, 4]}}, "not two sizes of at least 8"),
+    ({"config": []}, "no readable report.json"),
+    ({"config": {"dataset": ["synthetic"]}}, "has no known image size"),
+    ({}, "no readable report.json"),
+])
+def test_a_broken_report_is_one_line_and_exit_code_2(capsys, tmp_path, run_dir, report, message):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes())
+    (folder / "report.json").write_text(json.dumps(report))
+    code, _, err = invoke(capsys, "bench", "model", str(folder), "--repeats", "1")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("drop", ["config", "masks"])
+def test_a_checkpoint_without_its_config_or_masks_is_refused(capsys, tmp_path, run_dir, drop):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    del checkpoint[drop]
+    torch.save(checkpoint, folder / "checkpoint.pt")
+    code, _, err = invoke(capsys, "export", str(folder), "--input-size", "32x40")
+    assert code == 2 and "is not a pruned run's checkpoint" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unwritable_outputs_are_refused_before_any_work(capsys, tmp_path, run_dir):
+    (tmp_path / "file").write_text("")
+    code, _, err = invoke(capsys, "export", str(run_dir), "--out", str(tmp_path / "file"))
+    assert code == 2 and "is an existing file" in err
+    code, _, err = invoke(capsys, "bench", "conv", "--plot", str(tmp_path))
+    assert code == 2 and "is a folder" in err
+    code, _, err = invoke(capsys, "bench", "conv", "--plot", str(tmp_path / "no" / "x.png"))
+    assert code == 2 and "does not exist" in err
+
+
 def test_a_file_that_is_not_an_exported_model_is_refused(tmp_path):
     (tmp_path / "model.pt2").write_text("not a model")
     with pytest.raises(PrunekitError, match="could not be loaded"):

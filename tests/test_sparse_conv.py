@@ -103,6 +103,24 @@ def test_taps_that_never_reach_the_image(dilation, stride, device):
                                  device)
 
 
+@pytest.mark.usefixtures("cpu_build")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel, padding, dilation", [(3, 2, 1), (1, 40, 1), (3, 31, 30),
+                                                       (3, (1, 25), 1)])
+def test_outputs_larger_than_the_input_with_no_tap_on_it(kernel, padding, dilation, device):
+    """Padding beyond the kernel's reach: outputs outside the image are the bias alone, also when
+    no kept weight ever lands on the image (all pruned, or only taps off the image kept)."""
+    generator = torch.Generator().manual_seed(5)
+    conv = conv_layer(4, 3, kernel, generator, padding=padding, dilation=dilation)
+    x = torch.randn(2, 4, 6, 7, generator=generator)
+    none = torch.zeros(conv.weight.shape, dtype=torch.bool)
+    corners = none.clone()
+    if kernel == 3:
+        corners[:, :, 0, 0] = corners[:, :, 2, 2] = True  # off an 6x7 image at dilation 30
+    for mask in (none, corners, random_mask(conv.weight.shape, 0.5, generator)):
+        assert_matches_reference(conv, mask, x, device)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_an_infinite_weight_on_padding_alone_gives_nan_as_the_dense_conv_does(device):
     generator = torch.Generator().manual_seed(4)

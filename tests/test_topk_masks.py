@@ -146,6 +146,9 @@ def test_the_default_build_can_be_forced_and_restored():
     assert best in ("avx2", "default")
     with ops.default_simd():
         assert ops.simd_level() == "default"
+        with ops.default_simd():
+            assert ops.simd_level() == "default"
+        assert ops.simd_level() == "default"  # the inner block restores what it found
     assert ops.simd_level() == best
 
 

@@ -5,7 +5,7 @@
 namespace prunekit::simd {
 namespace {
 
-std::atomic<bool> default_forced{false};
+std::atomic<bool> forced_default{false};
 
 bool cpu_has_avx2_fma() {
 #ifdef PRUNEKIT_X86_DISPATCH
@@ -18,8 +18,10 @@ bool cpu_has_avx2_fma() {
 
 }  // namespace
 
-bool use_avx2() { return cpu_has_avx2_fma() && !default_forced.load(std::memory_order_relaxed); }
+bool use_avx2() { return cpu_has_avx2_fma() && !default_forced(); }
 
-void force_default(bool forced) { default_forced.store(forced, std::memory_order_relaxed); }
+void force_default(bool forced) { forced_default.store(forced, std::memory_order_relaxed); }
+
+bool default_forced() { return forced_default.load(std::memory_order_relaxed); }
 
 }  // namespace prunekit::simd

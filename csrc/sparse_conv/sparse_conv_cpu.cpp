@@ -1,10 +1,14 @@
 // sparse_conv2d on CPU: a convolution that multiplies only the kept weights.
 //
 // The weight is stored per output channel (CSR rows): the kept weights' values and their column
-// in the flattened (in-channel, kh, kw) filter. The input is zero-padded once; a kept weight then
-// reads the padded input at a fixed offset from each output position, so one output channel is
+// in the flattened (in-channel, kh, kw) filter. Each call first plans its taps (plan_taps): kept
+// weights whose tap never lands on the image are left out (unless inf or NaN), and the input is
+// copied once into a zero border only as wide as the remaining taps reach (at most the layer's
+// padding). A kept weight then reads the bordered input at a fixed offset from each output
+// position, so one output channel is
 //   y[oc, oh, ow] = bias[oc] + sum over kept j of value[j] * x_pad[ic_j, oh*sh + kh_j*dh,
-//                                                                   ow*sw + kw_j*dw].
+//                                                                   ow*sw + kw_j*dw]
+// (x_pad: the input with the layer's padding; the narrower border reads the same values).
 // With stride 1 along the width, output position (oh, ow) reads padded element oh*Wp + ow +
 // offset[j], which is affine in q = oh*Wp + ow: a band of output rows is one 1-D sparse
 // correlation over q (positions with ow >= OW are computed and dropped). The sum for a block of
@@ -302,6 +306,10 @@ Plan<scalar_t> plan_taps_of(const SparseConvArgs& a, int64_t height, int64_t wid
     below = std::max(below, (a.out_h - 1) * a.stride_h + shift.row + 1 - height);
     right = std::max(right, (a.out_w - 1) * a.stride_w + shift.column + 1 - width);
   }
+  // Every output's window start lies in the bordered image even when no tap is used (all pruned,
+  // a bias-only layer), since the task loop lays output rows out over its rows.
+  below = std::max(below, (a.out_h - 1) * a.stride_h + 1 - height - top);
+  right = std::max(right, (a.out_w - 1) * a.stride_w + 1 - width - left);
   plan.top = top, plan.left = left;
   plan.padded_h = top + height + below;
   plan.padded_w = left + width + right;

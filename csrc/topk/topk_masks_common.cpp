@@ -25,6 +25,7 @@ Request check_request(at::TensorList inputs, at::TensorList grads, const std::st
   Request request;
   request.criterion = parse_criterion(criterion);
   const int64_t n = static_cast<int64_t>(inputs.size());
+  TORCH_CHECK(n < (int64_t(1) << 32) - 1, "topk_masks: at most 2^32 - 2 inputs");  // 32-bit ids
   if (needs_grads(request.criterion)) {
     TORCH_CHECK(static_cast<int64_t>(grads.size()) == n, "topk_masks: criterion ", criterion,
                 " needs one gradient per input, got ", grads.size(), " for ", n, " inputs");
