@@ -11,6 +11,9 @@ masks, as a saliency top-k leaves them):
   dense    F.conv2d on the masked weight (zeros still multiplied): the baseline.
   sparse   prunekit.ops.SparseConv2d: only kept weights are multiplied.
 
+test_sparse_conv_training_step_speed times forward + backward at batch 8 (sparse training:
+gradients of the kept weights only, against the dense conv's gradients of every weight).
+
 The summary's ratio is sparse's median over dense's: below 1 the sparse kernel is faster, and
 1 / ratio is the speed-up. CUDA cases run when a GPU is present (cuDNN defaults, TF32 allowed).
 """
@@ -63,3 +66,34 @@ def test_sparse_conv_speed(benchmark, device, name, batch, sparsity, method):
     with torch.no_grad():
         want = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
     torch.testing.assert_close(y, want, rtol=1e-3, atol=1e-3)
+
+
+def training_step(conv, mask, sparse, method):
+    """Forward and backward: the dense conv on the masked weight (gradients for every weight, as
+    masked dense training computes them), or the sparse layer (kept weights only)."""
+    weight = conv.weight.detach().clone().requires_grad_()
+
+    def step(x, grad_out):
+        if method == "dense":
+            y = F.conv2d(x, weight * mask, conv.bias, conv.stride, conv.padding, conv.dilation)
+        else:
+            y = sparse(x)
+        y.backward(grad_out)
+        return y
+    return step
+
+
+@pytest.mark.parametrize("method", ["dense", "sparse"])
+@pytest.mark.parametrize("sparsity", [0.9, 0.95], ids=lambda s: f"sparsity{s}")
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_sparse_conv_training_step_speed(benchmark, name, sparsity, method):
+    """Forward + backward at batch 8 on the CPU (sparse training against masked dense training)."""
+    conv, mask, x = layer(name, sparsity, 8, "cpu")
+    x.requires_grad_()
+    sparse = SparseConv2d.from_conv(conv, mask)
+    grad_out = torch.randn(sparse(x).shape, generator=torch.Generator().manual_seed(1))
+    benchmark.group = f"cpu train {name} batch8 sparsity{sparsity}"
+    benchmark.extra_info.update(device="cpu", layer=name, batch=8, sparsity=sparsity,
+                                method=method, baseline="dense")
+    benchmark.pedantic(training_step(conv, mask, sparse, method), args=(x, grad_out), rounds=5,
+                       iterations=1, warmup_rounds=1)

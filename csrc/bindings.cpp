@@ -24,6 +24,11 @@ TORCH_LIBRARY(prunekit, m) {
   m.def("sparse_conv2d(Tensor input, Tensor values, Tensor row_offsets, Tensor columns, "
         "Tensor? bias, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) "
         "-> Tensor");
+  // sparse_conv2d's gradients with respect to the input and to the kept weights (values), for
+  // the given grad_output; the bias's gradient is grad_output summed over (N, H, W).
+  m.def("sparse_conv2d_backward(Tensor grad_output, Tensor input, Tensor values, "
+        "Tensor row_offsets, Tensor columns, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "int[2] dilation) -> (Tensor, Tensor)");
 }
 
 namespace {

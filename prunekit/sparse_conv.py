@@ -4,9 +4,9 @@
 per output channel (values, and each value's column in the flattened (in-channel, kh, kw)
 filter), and its forward calls the ``sparse_conv2d`` kernel of prunekit._C: no im2col of the
 input, no densified weight. ``sparse_conv2d_reference`` is ``F.conv2d`` on the masked dense weight,
-the oracle of the tests. Forward only: the kernel has no backward yet, so the layer is for
-inference (an exported model, prunekit.export); training keeps the dense layer with its mask.
-The op has a shape function, so models holding the layer go through ``torch.export``.
+the oracle of the tests. The op has gradients (prunekit/sparse_conv_grad.py), so the layer
+trains: its kept weights and bias are parameters, the pruned weights do not exist. The op has a
+shape function, so models holding the layer go through ``torch.export``.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _C  # noqa: F401  (registers torch.ops.prunekit.sparse_conv2d)
+from . import sparse_conv_grad  # noqa: F401  (registers its gradients)
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -84,8 +85,9 @@ class SparseConv2d(nn.Module):
     """A conv layer computing only its kept weights (CSR rows over output channels).
 
     Build it with ``SparseConv2d.from_conv(conv, mask)``. Its outputs equal
-    ``F.conv2d(x, conv.weight * mask, conv.bias, ...)`` within float rounding. State: the buffers
-    ``values``, ``row_offsets``, ``columns`` and ``bias`` (when the conv has one).
+    ``F.conv2d(x, conv.weight * mask, conv.bias, ...)`` within float rounding. State: the
+    parameters ``values`` (the kept weights) and ``bias`` (when the conv has one), and the
+    buffers ``row_offsets`` and ``columns``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, values: torch.Tensor,
@@ -97,10 +99,10 @@ class SparseConv2d(nn.Module):
         self.stride = _pair(stride, "stride")
         self.padding = _pair(padding, "padding")
         self.dilation = _pair(dilation, "dilation")
-        self.register_buffer("values", values)
+        self.values = nn.Parameter(values)
         self.register_buffer("row_offsets", row_offsets)
         self.register_buffer("columns", columns)
-        self.register_buffer("bias", bias)
+        self.bias = None if bias is None else nn.Parameter(bias)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, mask: torch.Tensor | None = None) -> "SparseConv2d":

@@ -1,0 +1,62 @@
+"""Gradients of ``sparse_conv2d``, so a ``SparseConv2d`` trains (sparse training: only the kept
+weights exist, so only they are updated).
+
+The op's autograd formula calls ``sparse_conv2d_backward``: on CPU the C++ kernel (the input's
+gradient through the transposed sparse weight, the kept weights' gradients as one dot product
+each); on CUDA ``sparse_conv2d_backward_reference``, which forms the dense weight and uses
+torch's convolution gradients, then keeps the kept positions. The reference is also the CPU
+kernel's test oracle.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (registers torch.ops.prunekit.*)
+
+
+def sparse_conv2d_backward_reference(grad_output, input, values, row_offsets, columns,
+                                     kernel_size, stride, padding, dilation):
+    """(grad_input, grad_values) by dense convolution gradients."""
+    out_channels = row_offsets.numel() - 1
+    rows = torch.repeat_interleave(torch.arange(out_channels, device=values.device),
+                                   row_offsets.diff())
+    weight = values.new_zeros(out_channels, input.shape[1] * kernel_size[0] * kernel_size[1])
+    weight[rows, columns.long()] = values
+    weight = weight.reshape(out_channels, input.shape[1], *kernel_size)
+    grad_input = torch.nn.grad.conv2d_input(input.shape, weight, grad_output, stride, padding,
+                                            dilation)
+    grad_weight = torch.nn.grad.conv2d_weight(input, weight.shape, grad_output, stride, padding,
+                                              dilation)
+    return grad_input, grad_weight.reshape(out_channels, -1)[rows, columns.long()]
+
+
+@torch.library.register_kernel("prunekit::sparse_conv2d_backward", "cuda")
+def _backward_on_cuda(grad_output, input, values, row_offsets, columns, kernel_size, stride,
+                      padding, dilation):
+    return sparse_conv2d_backward_reference(grad_output, input, values, row_offsets, columns,
+                                            kernel_size, stride, padding, dilation)
+
+
+@torch.library.register_fake("prunekit::sparse_conv2d_backward")
+def _backward_shapes(grad_output, input, values, row_offsets, columns, kernel_size, stride,
+                     padding, dilation):
+    return torch.empty_like(input), torch.empty_like(values)
+
+
+def _save_for_backward(ctx, inputs, output):
+    input, values, row_offsets, columns, bias, kernel_size, stride, padding, dilation = inputs
+    ctx.save_for_backward(input, values, row_offsets, columns)
+    ctx.geometry = (kernel_size, stride, padding, dilation)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_output):
+    input, values, row_offsets, columns = ctx.saved_tensors
+    grad_input, grad_values = torch.ops.prunekit.sparse_conv2d_backward(
+        grad_output.contiguous(), input, values, row_offsets, columns, *ctx.geometry)
+    grad_bias = grad_output.sum((0, 2, 3)) if ctx.has_bias else None
+    return grad_input, grad_values, None, None, grad_bias, None, None, None, None
+
+
+torch.library.register_autograd("prunekit::sparse_conv2d", _backward,
+                                setup_context=_save_for_backward)
