@@ -141,7 +141,7 @@ class SparseConv2d(nn.Module):
         rows = torch.repeat_interleave(
             torch.arange(self.out_channels, device=self.values.device),
             self.row_offsets.diff())
-        weight[rows, self.columns.long()] = self.values
+        weight.index_put_((rows, self.columns.long()), self.values, accumulate=True)
         return weight.reshape(self.out_channels, self.in_channels, kh, kw)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

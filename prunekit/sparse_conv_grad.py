@@ -21,7 +21,7 @@ def sparse_conv2d_backward_reference(grad_output, input, values, row_offsets, co
     rows = torch.repeat_interleave(torch.arange(out_channels, device=values.device),
                                    row_offsets.diff())
     weight = values.new_zeros(out_channels, input.shape[1] * kernel_size[0] * kernel_size[1])
-    weight[rows, columns.long()] = values
+    weight.index_put_((rows, columns.long()), values, accumulate=True)  # repeated columns add
     weight = weight.reshape(out_channels, input.shape[1], *kernel_size)
     grad_input = torch.nn.grad.conv2d_input(input.shape, weight, grad_output, stride, padding,
                                             dilation)
@@ -40,7 +40,7 @@ def _backward_on_cuda(grad_output, input, values, row_offsets, columns, kernel_s
 @torch.library.register_fake("prunekit::sparse_conv2d_backward")
 def _backward_shapes(grad_output, input, values, row_offsets, columns, kernel_size, stride,
                      padding, dilation):
-    return torch.empty_like(input), torch.empty_like(values)
+    return input.new_empty(input.shape), values.new_empty(values.shape)  # contiguous, as returned
 
 
 def _save_for_backward(ctx, inputs, output):
@@ -51,6 +51,8 @@ def _save_for_backward(ctx, inputs, output):
 
 
 def _backward(ctx, grad_output):
+    if torch.is_grad_enabled():  # create_graph=True: the backward op has no gradient of its own
+        raise RuntimeError("sparse_conv2d has no second derivative (double backward)")
     input, values, row_offsets, columns = ctx.saved_tensors
     grad_input, grad_values = torch.ops.prunekit.sparse_conv2d_backward(
         grad_output.contiguous(), input, values, row_offsets, columns, *ctx.geometry)

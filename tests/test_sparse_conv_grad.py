@@ -24,7 +24,9 @@ def random_layer(seed, dtype=torch.float64, density=None):
 
     kernel = (draw(1, 4), draw(1, 4))
     dilation = (draw(1, 3), draw(1, 3))
-    conv = nn.Conv2d(draw(1, 6), draw(1, 6), kernel, stride=(draw(1, 3), draw(1, 3)),
+    # half the seeds at unit strides: the backward's one-run-per-plane path
+    stride = (1, 1) if seed % 2 else (draw(1, 3), draw(1, 3))
+    conv = nn.Conv2d(draw(1, 6), draw(1, 6), kernel, stride=stride,
                      padding=(draw(0, 5), draw(0, 5)), dilation=dilation,
                      bias=seed % 3 > 0).to(dtype)
     span = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
@@ -85,6 +87,51 @@ def test_the_kernel_equals_the_reference_backward(seed):
     for got, want in zip(torch.ops.prunekit.sparse_conv2d_backward(*args),
                          sparse_conv2d_backward_reference(*args)):
         torch.testing.assert_close(got, want, **TOLERANCE[torch.float64])
+
+
+@pytest.mark.parametrize("kernel, options", [
+    (3, dict(padding=1)), (3, dict()), (1, dict()), ((3, 1), dict(padding=(1, 0))),
+    ((1, 3), dict(padding=(0, 1))), (3, dict(padding=2, dilation=2)), (3, dict(padding=(0, 1))),
+])
+def test_unit_stride_layers_take_one_run_per_plane_and_equal_the_reference(kernel, options):
+    generator = torch.Generator().manual_seed(8)
+    conv = nn.Conv2d(5, 4, kernel, **options).double()
+    for height, width in ((9, 11), (3, 17)):  # several rows; one output row when the kernel is 3
+        x = torch.randn(2, 5, height, width, generator=generator, dtype=torch.double)
+        mask = torch.rand(conv.weight.shape, generator=generator) < 0.5
+        (x_dense, weight, _), (x_sparse, sparse) = dense_and_sparse_gradients(conv, mask, x, "cpu")
+        torch.testing.assert_close(x_sparse.grad, x_dense.grad)
+        torch.testing.assert_close(sparse.values.grad,
+                                   weight.grad.reshape(conv.out_channels, -1)[mask.reshape(4, -1)])
+
+
+@pytest.mark.parametrize("case", ["inf weight", "nan input"])
+def test_values_beyond_finite_give_the_references_gradients(case):
+    """The one-run path would meet them with its zero columns (0 * inf); such calls keep rows."""
+    generator = torch.Generator().manual_seed(9)
+    conv = nn.Conv2d(2, 2, 3, padding=1).double()
+    mask = torch.ones(conv.weight.shape, dtype=torch.bool)
+    x = torch.randn(1, 2, 6, 7, generator=generator, dtype=torch.double)
+    if case == "inf weight":
+        with torch.no_grad():
+            conv.weight[0, 1, 0, 0] = torch.inf
+    else:
+        x[0, 0, 2, 6] = torch.nan  # the last column: a tap reaching right of it wraps onto it
+    sparse = SparseConv2d.from_conv(conv, mask)
+    grad_out = torch.randn(1, 2, 6, 7, generator=generator, dtype=torch.double)
+    args = (grad_out, x, sparse.values.detach(), sparse.row_offsets, sparse.columns,
+            sparse.kernel_size, sparse.stride, sparse.padding, sparse.dilation)
+    for got, want in zip(torch.ops.prunekit.sparse_conv2d_backward(*args),
+                         sparse_conv2d_backward_reference(*args)):
+        torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_double_backward_is_refused():
+    conv = nn.Conv2d(2, 2, 3, padding=1).double()
+    sparse = SparseConv2d.from_conv(conv, torch.ones(conv.weight.shape, dtype=torch.bool))
+    x = torch.randn(1, 2, 5, 5, dtype=torch.double, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(sparse(x).sum(), x, create_graph=True)
 
 
 @pytest.mark.parametrize("case", ["all pruned", "no images", "taps off the image"])

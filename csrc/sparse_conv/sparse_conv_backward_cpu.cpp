@@ -173,10 +173,14 @@ at::Tensor values_gradient(const SparseConvArgs& a, const at::Tensor& input,
 // offset: laid out at the padded width (zeros in the columns ow >= OW), an output plane is one
 // run of q, and every per-row loop below becomes one long loop per plane. The run stops at the
 // last real output, so reads and writes stay inside the tap's padded plane. Other strides keep
-// their rows.
-std::tuple<SparseConvArgs, at::Tensor> as_runs(const SparseConvArgs& a,
-                                               const at::Tensor& grad_out) {
+// their rows, and so do inputs or weights beyond finite: the zero columns would meet them
+// (0 * inf) where the convolution never does.
+std::tuple<SparseConvArgs, at::Tensor> as_runs(const SparseConvArgs& a, const at::Tensor& grad_out,
+                                               const at::Tensor& input, const at::Tensor& values) {
   if (a.stride_h != 1 || a.stride_w != 1 || a.out_h <= 1) return {a, grad_out};
+  if (!at::isfinite(input).all().item<bool>() || !at::isfinite(values).all().item<bool>()) {
+    return {a, grad_out};
+  }
   SparseConvArgs runs = a;
   runs.out_h = 1;
   runs.out_w = (a.out_h - 1) * a.padded_w + a.out_w;
@@ -202,7 +206,9 @@ std::tuple<at::Tensor, at::Tensor> sparse_conv2d_backward_cpu(
                   grad_output.device() == input.device(),
               "sparse_conv2d_backward: grad_output must have the input's dtype and device");
   const at::Tensor x = input.contiguous();
-  const auto [runs, grad_out] = as_runs(a, grad_output.contiguous());
+  SparseConvArgs runs;
+  at::Tensor grad_out;
+  std::tie(runs, grad_out) = as_runs(a, grad_output.contiguous(), x, values);
   at::Tensor grad_input, grad_values;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sparse_conv2d_backward_cpu", [&] {
     const auto kept = kept_weights<scalar_t>(a, values, row_offsets, columns);
