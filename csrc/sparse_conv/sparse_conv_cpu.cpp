@@ -259,7 +259,7 @@ Plan<scalar_t> plan_taps_of(const SparseConvArgs& a, int64_t height, int64_t wid
   Plan<scalar_t> plan;
   struct Shift {  // of one (kh, kw) position of the kernel
     int64_t row, column;
-    bool lands, used = false;
+    bool lands, used;
   };
   const int64_t area = a.kernel_h * a.kernel_w;
   std::vector<Shift> shifts;
@@ -268,9 +268,9 @@ Plan<scalar_t> plan_taps_of(const SparseConvArgs& a, int64_t height, int64_t wid
     for (int64_t kw = 0; kw < a.kernel_w; ++kw) {
       const int64_t row_shift = kh * a.dilation_h - a.padding_h;
       const int64_t column_shift = kw * a.dilation_w - a.padding_w;
-      shifts.push_back({row_shift, column_shift,
-                        reaches_image(row_shift, a.stride_h, a.out_h, height) &&
-                            reaches_image(column_shift, a.stride_w, a.out_w, width)});
+      const bool lands = reaches_image(row_shift, a.stride_h, a.out_h, height) &&
+                         reaches_image(column_shift, a.stride_w, a.out_w, width);
+      shifts.push_back({row_shift, column_shift, lands, lands});
     }
   }
   // channel = column / area as a multiply and shift (exact for column < 2^32 / area, which
@@ -278,25 +278,16 @@ Plan<scalar_t> plan_taps_of(const SparseConvArgs& a, int64_t height, int64_t wid
   // dominated the calls of small layers and was a third of a 7x7 layer's time.
   const uint64_t reciprocal = ((uint64_t(1) << 32) + area - 1) / area;
   const bool by_reciprocal = a.in_channels * area * area < (int64_t(1) << 32);
-  struct Tap {
-    int64_t channel;
-    const Shift* shift;
+  const auto channel_of = [&](int64_t flat) -> int64_t {
+    return by_reciprocal ? static_cast<int64_t>((static_cast<uint64_t>(flat) * reciprocal) >> 32)
+                         : flat / area;
   };
-  std::vector<Tap> taps;
-  taps.reserve(a.nonzeros);
-  plan.values.reserve(a.nonzeros);
-  for (int64_t oc = 0; oc < a.out_channels; ++oc) {
-    for (int64_t j = row[oc]; j < row[oc + 1]; ++j) {
-      const auto wide = static_cast<uint64_t>(column[j]);
-      const int64_t channel = by_reciprocal ? static_cast<int64_t>((wide * reciprocal) >> 32)
-                                            : column[j] / area;
-      Shift& shift = shifts[column[j] - channel * area];
-      if (!shift.lands && std::isfinite(value[j])) continue;
-      shift.used = true;
-      plan.values.push_back(value[j]);
-      taps.push_back({channel, &shift});
-    }
-    plan.row_offsets.push_back(static_cast<int64_t>(plan.values.size()));
+  // The border serves every position that lands (kept weights there or not, so one pass over
+  // the weights suffices), and the positions of inf or NaN weights.
+  bool finite = true;
+  for (int64_t j = 0; j < a.nonzeros; ++j) finite &= std::isfinite(value[j]);
+  for (int64_t j = 0; !finite && j < a.nonzeros; ++j) {
+    if (!std::isfinite(value[j])) shifts[column[j] - channel_of(column[j]) * area].used = true;
   }
   int64_t top = 0, left = 0, below = 0, right = 0;  // reach beyond each edge of the image
   for (const Shift& shift : shifts) {
@@ -313,10 +304,18 @@ Plan<scalar_t> plan_taps_of(const SparseConvArgs& a, int64_t height, int64_t wid
   plan.top = top, plan.left = left;
   plan.padded_h = top + height + below;
   plan.padded_w = left + width + right;
-  plan.offsets.reserve(taps.size());
-  for (const Tap& tap : taps) {
-    plan.offsets.push_back((tap.channel * plan.padded_h + tap.shift->row + top) * plan.padded_w +
-                           tap.shift->column + left);
+  plan.values.reserve(a.nonzeros);
+  plan.offsets.reserve(a.nonzeros);
+  for (int64_t oc = 0; oc < a.out_channels; ++oc) {
+    for (int64_t j = row[oc]; j < row[oc + 1]; ++j) {
+      const int64_t channel = channel_of(column[j]);
+      const Shift& shift = shifts[column[j] - channel * area];
+      if (!shift.lands && std::isfinite(value[j])) continue;
+      plan.values.push_back(value[j]);
+      plan.offsets.push_back((channel * plan.padded_h + shift.row + top) * plan.padded_w +
+                             shift.column + left);
+    }
+    plan.row_offsets.push_back(static_cast<int64_t>(plan.values.size()));
   }
   return plan;
 }
