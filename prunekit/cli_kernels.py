@@ -68,12 +68,9 @@ def sparsities(ctx, param, value):
 def bench_conv_command(sparsity_list, device, batch, repeats, plot, as_json):
     """Reference layer shapes (ResNet-50, DeepLab-ResNet34) at each sparsity: dense vs sparse."""
     from .conv_timing import bench_conv, crossovers, format_conv_table
-    from .export import check_device
+    from .export import check_timing_request
 
-    if batch < 1 or repeats < 1:
-        raise PrunekitError(f"--batch and --repeats must be at least 1, got {batch} and "
-                            f"{repeats}")
-    check_device(device)
+    check_timing_request(device, batch, repeats)
     if plot:
         check_plot_path(plot)
     rows = bench_conv(sparsity_list, device, batch, repeats,

@@ -21,7 +21,7 @@ from torch import nn
 from . import ops
 from .conv_timing import median_ms, time_dense_and_sparse
 from .data import NATIVE_SIZES
-from .engine import load_checkpoint
+from .engine import check_out_dir, load_checkpoint
 from .errors import PrunekitError, one_line
 from .files import atomic_write, write_json
 from .sparse_conv import SparseConv2d
@@ -70,12 +70,11 @@ def export_run(run_dir: str | Path, *, sparse_kernels: bool = True,
     """Choose each masked conv's kernel, then write ``model.pt2`` and ``export.json`` into
     ``out`` (default ``RUN_DIR/export``). The exported model's outputs are checked against the
     masked model's before anything is written."""
+    folder = Path(out) if out else Path(run_dir) / EXPORT_FOLDER
+    check_out_dir(folder)  # before the timings, not after
     model, chosen, example, report = measure_run(
         run_dir, sparse_kernels=sparse_kernels, input_size=input_size, batch=batch,
         device=device, repeats=repeats, progress=progress)
-    folder = Path(out) if out else Path(run_dir) / EXPORT_FOLDER
-    if folder.exists() and not folder.is_dir():
-        raise PrunekitError(f"output folder {str(folder)!r} is an existing file")
     program = export_program(chosen, example)
     check_same_outputs(model, program.module(), example)
     atomic_write(folder / MODEL_FILE, lambda temporary: torch.export.save(program, temporary))
@@ -89,10 +88,7 @@ def measure_run(run_dir: str | Path, *, sparse_kernels: bool = True,
                 repeats: int = 20, progress: Callable[[str], None] = lambda line: None):
     """Time every masked conv of the run dense and sparse, and the whole model before and after
     the choice. Returns (masked model, model with the chosen kernels, example input, report)."""
-    if batch < 1 or repeats < 1:
-        raise PrunekitError(f"--batch and --repeats must be at least 1, got {batch} and "
-                            f"{repeats}")
-    check_device(device)
+    check_timing_request(device, batch, repeats)
     model, masks = load_run(run_dir, device)
     height, width = input_size or run_input_size(run_dir)
     example = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
@@ -149,7 +145,11 @@ def run_input_size(run_dir: str | Path) -> tuple[int, int]:
                         "pass --input-size HxW")
 
 
-def check_device(device: str) -> None:
+def check_timing_request(device: str, batch: int, repeats: int) -> None:
+    """One clear error for a device, batch or repeat count that timings cannot use."""
+    if batch < 1 or repeats < 1:
+        raise PrunekitError(f"--batch and --repeats must be at least 1, got {batch} and "
+                            f"{repeats}")
     if device not in ("cpu", "cuda"):
         raise PrunekitError(f"--device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not (torch.cuda.is_available() and ops.cuda_compiled()):
@@ -188,10 +188,9 @@ def choose_kernel(name: str, conv: nn.Conv2d, mask: torch.Tensor, x: torch.Tenso
     if not sparse_kernels:
         return LayerChoice(name, shape, sparsity, None, None, "dense", "--sparse-kernels off")
     try:
-        SparseConv2d.from_conv(conv, mask)
-    except ValueError as exc:
+        timing = time_dense_and_sparse(conv, mask, x, repeats)
+    except ValueError as exc:  # a layer SparseConv2d cannot take (groups, padding mode)
         return LayerChoice(name, shape, sparsity, None, None, "dense", str(exc))
-    timing = time_dense_and_sparse(conv, mask, x, repeats)
     kernel = "sparse" if timing.sparse_ms < timing.dense_ms else "dense"
     return LayerChoice(name, shape, sparsity, round(timing.dense_ms, 6),
                        round(timing.sparse_ms, 6), kernel)
@@ -213,10 +212,9 @@ def with_chosen_kernels(model: nn.Module, masks: dict[str, torch.Tensor],
     chosen = copy.deepcopy(model)
     for layer in layers:
         if layer.kernel == "sparse":
-            parent_name, _, child = layer.name.rpartition(".")
-            parent = chosen.get_submodule(parent_name)
-            conv = getattr(parent, child)
-            setattr(parent, child, SparseConv2d.from_conv(conv, masks[f"{layer.name}.weight"]))
+            conv = chosen.get_submodule(layer.name)
+            chosen.set_submodule(layer.name,
+                                 SparseConv2d.from_conv(conv, masks[f"{layer.name}.weight"]))
     return chosen.eval()
 
 
@@ -236,8 +234,7 @@ def without_dropout(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.modules.dropout._DropoutNd):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, nn.Identity())
+            model.set_submodule(name, nn.Identity())
     return model
 
 

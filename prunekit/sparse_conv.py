@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _C  # noqa: F401  (registers torch.ops.prunekit.sparse_conv2d)
-from . import sparse_conv_grad  # noqa: F401  (registers its gradients)
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -66,6 +65,22 @@ def csr_rows(weight: torch.Tensor, mask: torch.Tensor):
     row_offsets = torch.zeros(flat.shape[0] + 1, dtype=torch.int64, device=weight.device)
     row_offsets[1:] = counts.cumsum(0)
     return flat[rows, columns].contiguous(), row_offsets, columns.to(torch.int32)
+
+
+def value_rows(row_offsets: torch.Tensor) -> torch.Tensor:
+    """The row (output channel) of each stored value of CSR rows."""
+    return torch.repeat_interleave(
+        torch.arange(row_offsets.numel() - 1, device=row_offsets.device), row_offsets.diff())
+
+
+def weight_from_rows(values: torch.Tensor, row_offsets: torch.Tensor, columns: torch.Tensor,
+                     in_channels: int, kernel_size) -> torch.Tensor:
+    """The dense weight [out, in, kh, kw] of CSR rows, zero where nothing is stored (a repeated
+    column adds, as in the kernels)."""
+    out_channels = row_offsets.numel() - 1
+    weight = values.new_zeros(out_channels, in_channels * kernel_size[0] * kernel_size[1])
+    weight.index_put_((value_rows(row_offsets), columns.long()), values, accumulate=True)
+    return weight.reshape(out_channels, in_channels, *kernel_size)
 
 
 def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -136,13 +151,8 @@ class SparseConv2d(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         """The full weight with pruned positions zero (for checks and for going back)."""
-        kh, kw = self.kernel_size
-        weight = self.values.new_zeros(self.out_channels, self.in_channels * kh * kw)
-        rows = torch.repeat_interleave(
-            torch.arange(self.out_channels, device=self.values.device),
-            self.row_offsets.diff())
-        weight.index_put_((rows, self.columns.long()), self.values, accumulate=True)
-        return weight.reshape(self.out_channels, self.in_channels, kh, kw)
+        return weight_from_rows(self.values, self.row_offsets, self.columns, self.in_channels,
+                                self.kernel_size)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() != 4 or input.shape[1] != self.in_channels:
@@ -156,3 +166,7 @@ class SparseConv2d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"density={self.density:.3f}")
+
+
+# Last: the gradients' module uses the helpers above.
+from . import sparse_conv_grad  # noqa: E402,F401  (registers sparse_conv2d's gradients)

@@ -12,22 +12,19 @@ from __future__ import annotations
 import torch
 
 from . import _C  # noqa: F401  (registers torch.ops.prunekit.*)
+from .sparse_conv import value_rows, weight_from_rows
 
 
 def sparse_conv2d_backward_reference(grad_output, input, values, row_offsets, columns,
                                      kernel_size, stride, padding, dilation):
     """(grad_input, grad_values) by dense convolution gradients."""
-    out_channels = row_offsets.numel() - 1
-    rows = torch.repeat_interleave(torch.arange(out_channels, device=values.device),
-                                   row_offsets.diff())
-    weight = values.new_zeros(out_channels, input.shape[1] * kernel_size[0] * kernel_size[1])
-    weight.index_put_((rows, columns.long()), values, accumulate=True)  # repeated columns add
-    weight = weight.reshape(out_channels, input.shape[1], *kernel_size)
+    weight = weight_from_rows(values, row_offsets, columns, input.shape[1], kernel_size)
     grad_input = torch.nn.grad.conv2d_input(input.shape, weight, grad_output, stride, padding,
                                             dilation)
     grad_weight = torch.nn.grad.conv2d_weight(input, weight.shape, grad_output, stride, padding,
                                               dilation)
-    return grad_input, grad_weight.reshape(out_channels, -1)[rows, columns.long()]
+    kept = (value_rows(row_offsets), columns.long())
+    return grad_input, grad_weight.reshape(weight.shape[0], -1)[kept]
 
 
 @torch.library.register_kernel("prunekit::sparse_conv2d_backward", "cuda")
