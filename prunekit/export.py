@@ -226,6 +226,7 @@ def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.Expo
     if example.shape[0] == 1:  # traced at batch 1, the batch would be specialised to 1
         example = example.expand(2, *example.shape[1:])
     with torch.no_grad():
+        model(example)  # sparse layers plan their taps for this input size, kept in the program
         return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
 
 

@@ -18,7 +18,8 @@ except ImportError as exc:  # pragma: no cover - only without a build
     raise ImportError("prunekit._C is not built; run `make install` "
                       "(pip install --no-build-isolation -e .)") from exc
 
-from .sparse_conv import SparseConv2d, sparse_conv2d, sparse_conv2d_reference  # noqa: E402,F401
+from .sparse_conv import (SparseConv2d, sparse_conv2d, sparse_conv2d_plan,  # noqa: E402,F401
+                          sparse_conv2d_reference)
 
 
 def cuda_compiled() -> bool:

@@ -41,7 +41,7 @@ def _backward_shapes(grad_output, input, values, row_offsets, columns, kernel_si
 
 
 def _save_for_backward(ctx, inputs, output):
-    input, values, row_offsets, columns, bias, kernel_size, stride, padding, dilation = inputs
+    input, values, row_offsets, columns, bias, kernel_size, stride, padding, dilation, _ = inputs
     ctx.save_for_backward(input, values, row_offsets, columns)
     ctx.geometry = (kernel_size, stride, padding, dilation)
     ctx.has_bias = bias is not None
@@ -54,7 +54,7 @@ def _backward(ctx, grad_output):
     grad_input, grad_values = torch.ops.prunekit.sparse_conv2d_backward(
         grad_output.contiguous(), input, values, row_offsets, columns, *ctx.geometry)
     grad_bias = grad_output.sum((0, 2, 3)) if ctx.has_bias else None
-    return grad_input, grad_values, None, None, grad_bias, None, None, None, None
+    return grad_input, grad_values, None, None, grad_bias, None, None, None, None, None
 
 
 torch.library.register_autograd("prunekit::sparse_conv2d", _backward,

@@ -23,13 +23,20 @@ def random_mask(shape, density, generator):
 
 
 def assert_matches_reference(conv, mask, x, device="cpu"):
+    """The layer (on CPU with its tap plan) and the functional form (planning on the call) both
+    equal the dense masked conv."""
     conv, x, mask = conv.to(device), x.to(device), mask.to(device)
     sparse = SparseConv2d.from_conv(conv, mask)
     got = sparse(x)
+    assert (sparse.plan is not None) == (device == "cpu")
+    unplanned = sparse_conv2d(x, sparse.values, sparse.row_offsets, sparse.columns,
+                              sparse.kernel_size, sparse.bias, sparse.stride, sparse.padding,
+                              sparse.dilation)
     want = sparse_conv2d_reference(x, conv.weight.detach(), mask, conv.bias,
                                    sparse.stride, sparse.padding, sparse.dilation)
     assert got.shape == want.shape and got.dtype == want.dtype and got.device == want.device
     torch.testing.assert_close(got, want.detach(), **TOLERANCE[x.dtype])
+    torch.testing.assert_close(unplanned, want.detach(), **TOLERANCE[x.dtype])
     return got
 
 

@@ -37,11 +37,11 @@ std::pair<int64_t, int64_t> column_range(const at::Tensor& columns) {
 
 }  // namespace
 
-SparseConvArgs check_sparse_conv_args(const at::Tensor& input, const at::Tensor& values,
-                                      const at::Tensor& row_offsets, const at::Tensor& columns,
-                                      const c10::optional<at::Tensor>& bias,
-                                      at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                      at::IntArrayRef padding, at::IntArrayRef dilation) {
+SparseConvArgs check_sparse_conv_shapes(const at::Tensor& input, const at::Tensor& values,
+                                        const at::Tensor& row_offsets, const at::Tensor& columns,
+                                        const c10::optional<at::Tensor>& bias,
+                                        at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                        at::IntArrayRef padding, at::IntArrayRef dilation) {
   TORCH_CHECK(input.dim() == 4, "sparse_conv2d: expected input [N, C, H, W], got ",
               input.sizes());
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
@@ -84,7 +84,7 @@ SparseConvArgs check_sparse_conv_args(const at::Tensor& input, const at::Tensor&
                     bias->scalar_type() == input.scalar_type() && bias->device() == input.device(),
                 "sparse_conv2d: expected bias [", a.out_channels, "] of the input's dtype");
   }
-  // The CSR rows must be well formed: they index values and columns, and columns index inputs.
+  // The CSR rows must be well formed: they index values and columns.
   const at::Tensor rows = row_offsets.cpu();
   const int64_t* r = rows.const_data_ptr<int64_t>();
   TORCH_CHECK(r[0] == 0 && r[a.out_channels] == a.nonzeros,
@@ -92,6 +92,10 @@ SparseConvArgs check_sparse_conv_args(const at::Tensor& input, const at::Tensor&
   for (int64_t oc = 0; oc < a.out_channels; ++oc) {
     TORCH_CHECK(r[oc] <= r[oc + 1], "sparse_conv2d: row_offsets must not decrease");
   }
+  return a;
+}
+
+void check_csr_columns(const SparseConvArgs& a, const at::Tensor& columns) {
   if (a.nonzeros > 0) {
     const int64_t width = a.in_channels * a.kernel_h * a.kernel_w;
     const auto [low, high] = column_range(columns);
@@ -100,6 +104,16 @@ SparseConvArgs check_sparse_conv_args(const at::Tensor& input, const at::Tensor&
                 ") for the input's channels and the kernel size; does the input have the "
                 "layer's in_channels?");
   }
+}
+
+SparseConvArgs check_sparse_conv_args(const at::Tensor& input, const at::Tensor& values,
+                                      const at::Tensor& row_offsets, const at::Tensor& columns,
+                                      const c10::optional<at::Tensor>& bias,
+                                      at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const SparseConvArgs a = check_sparse_conv_shapes(input, values, row_offsets, columns, bias,
+                                                    kernel_size, stride, padding, dilation);
+  check_csr_columns(a, columns);
   return a;
 }
 

@@ -24,4 +24,13 @@ SparseConvArgs check_sparse_conv_args(const at::Tensor& input, const at::Tensor&
                                       at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                       at::IntArrayRef padding, at::IntArrayRef dilation);
 
+// The same checks but for the columns' values, which a loop over every kept weight checks
+// (calls with a checked tap plan do not read the columns).
+SparseConvArgs check_sparse_conv_shapes(const at::Tensor& input, const at::Tensor& values,
+                                        const at::Tensor& row_offsets, const at::Tensor& columns,
+                                        const c10::optional<at::Tensor>& bias,
+                                        at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                        at::IntArrayRef padding, at::IntArrayRef dilation);
+void check_csr_columns(const SparseConvArgs& a, const at::Tensor& columns);
+
 }  // namespace prunekit

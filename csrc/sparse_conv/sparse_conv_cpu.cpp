@@ -1,10 +1,10 @@
 // sparse_conv2d on CPU: a convolution that multiplies only the kept weights.
 //
 // The weight is stored per output channel (CSR rows): the kept weights' values and their column
-// in the flattened (in-channel, kh, kw) filter. Each call first plans its taps (plan_taps): kept
-// weights whose tap never lands on the image are left out (unless inf or NaN), and the input is
-// copied once into a zero border only as wide as the remaining taps reach (at most the layer's
-// padding). A kept weight then reads the bordered input at a fixed offset from each output
+// in the flattened (in-channel, kh, kw) filter. The taps are planned per input size (tap_plan.h:
+// on each call, or once by sparse_conv2d_plan and handed in): kept weights whose tap never lands
+// on the image are left out (unless inf or NaN), and the input is copied into a zero border only
+// as wide as the remaining taps reach (at most the layer's padding). A kept weight then reads the bordered input at a fixed offset from each output
 // position, so one output channel is
 //   y[oc, oh, ow] = bias[oc] + sum over kept j of value[j] * x_pad[ic_j, oh*sh + kh_j*dh,
 //                                                                   ow*sw + kw_j*dw]
@@ -33,6 +33,7 @@
 
 #include "../simd/simd.h"
 #include "sparse_conv_common.h"
+#include "tap_plan.h"
 
 namespace prunekit {
 namespace {
@@ -227,114 +228,9 @@ void convolve(const Problem<scalar_t>& p) {
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { loop(p, begin, end); });
 }
 
-// Whether a tap `shift` input elements from each output's window start ever lands on the image:
-// some output o in [0, outputs) with 0 <= o * stride + shift < size.
-bool reaches_image(int64_t shift, int64_t stride, int64_t outputs, int64_t size) {
-  const int64_t first = shift >= 0 ? 0 : (-shift + stride - 1) / stride;
-  return first < outputs && first * stride + shift < size;
-}
-
-// What the task loop multiplies, planned per call (a loop over the kept weights; tensor ops here
-// would cost more than a small layer's convolution). Kept weights whose tap never lands on the
-// image (large dilations on small feature maps: ASPP) only ever multiply padding zeros, so they
-// are left out unless they are inf or NaN (which turn padding into NaN, as in F.conv2d). The
-// zero border around each image is only as wide as the remaining taps reach, not the layer's
-// padding.
-template <typename scalar_t>
-struct Plan {
-  std::vector<scalar_t> values;
-  std::vector<int64_t> row_offsets{0};
-  std::vector<int64_t> offsets;  // into one bordered image
-  int64_t top = 0, left = 0;     // the border above and left of the image
-  int64_t padded_h = 0, padded_w = 0;
-};
-
-template <typename scalar_t, typename index_t>
-Plan<scalar_t> plan_taps_of(const SparseConvArgs& a, int64_t height, int64_t width,
-                            const at::Tensor& values, const at::Tensor& row_offsets,
-                            const at::Tensor& columns) {
-  const scalar_t* value = values.const_data_ptr<scalar_t>();
-  const int64_t* row = row_offsets.const_data_ptr<int64_t>();
-  const index_t* column = columns.const_data_ptr<index_t>();
-  Plan<scalar_t> plan;
-  struct Shift {  // of one (kh, kw) position of the kernel
-    int64_t row, column;
-    bool lands, used;
-  };
-  const int64_t area = a.kernel_h * a.kernel_w;
-  std::vector<Shift> shifts;
-  shifts.reserve(area);
-  for (int64_t kh = 0; kh < a.kernel_h; ++kh) {
-    for (int64_t kw = 0; kw < a.kernel_w; ++kw) {
-      const int64_t row_shift = kh * a.dilation_h - a.padding_h;
-      const int64_t column_shift = kw * a.dilation_w - a.padding_w;
-      const bool lands = reaches_image(row_shift, a.stride_h, a.out_h, height) &&
-                         reaches_image(column_shift, a.stride_w, a.out_w, width);
-      shifts.push_back({row_shift, column_shift, lands, lands});
-    }
-  }
-  // channel = column / area as a multiply and shift (exact for column < 2^32 / area, which
-  // every column is when in_channels * area^2 < 2^32); a hardware division per kept weight
-  // dominated the calls of small layers and was a third of a 7x7 layer's time.
-  const uint64_t reciprocal = ((uint64_t(1) << 32) + area - 1) / area;
-  const bool by_reciprocal = a.in_channels * area * area < (int64_t(1) << 32);
-  const auto channel_of = [&](int64_t flat) -> int64_t {
-    return by_reciprocal ? static_cast<int64_t>((static_cast<uint64_t>(flat) * reciprocal) >> 32)
-                         : flat / area;
-  };
-  // The border serves every position that lands (kept weights there or not, so one pass over
-  // the weights suffices), and the positions of inf or NaN weights.
-  bool finite = true;
-  for (int64_t j = 0; j < a.nonzeros; ++j) finite &= std::isfinite(value[j]);
-  for (int64_t j = 0; !finite && j < a.nonzeros; ++j) {
-    if (!std::isfinite(value[j])) shifts[column[j] - channel_of(column[j]) * area].used = true;
-  }
-  int64_t top = 0, left = 0, below = 0, right = 0;  // reach beyond each edge of the image
-  for (const Shift& shift : shifts) {
-    if (!shift.used) continue;
-    top = std::max(top, -shift.row);
-    left = std::max(left, -shift.column);
-    below = std::max(below, (a.out_h - 1) * a.stride_h + shift.row + 1 - height);
-    right = std::max(right, (a.out_w - 1) * a.stride_w + shift.column + 1 - width);
-  }
-  // Every output's window start lies in the bordered image even when no tap is used (all pruned,
-  // a bias-only layer), since the task loop lays output rows out over its rows.
-  below = std::max(below, (a.out_h - 1) * a.stride_h + 1 - height - top);
-  right = std::max(right, (a.out_w - 1) * a.stride_w + 1 - width - left);
-  plan.top = top, plan.left = left;
-  plan.padded_h = top + height + below;
-  plan.padded_w = left + width + right;
-  plan.values.reserve(a.nonzeros);
-  plan.offsets.reserve(a.nonzeros);
-  for (int64_t oc = 0; oc < a.out_channels; ++oc) {
-    for (int64_t j = row[oc]; j < row[oc + 1]; ++j) {
-      const int64_t channel = channel_of(column[j]);
-      const Shift& shift = shifts[column[j] - channel * area];
-      if (!shift.lands && std::isfinite(value[j])) continue;
-      plan.values.push_back(value[j]);
-      plan.offsets.push_back((channel * plan.padded_h + shift.row + top) * plan.padded_w +
-                             shift.column + left);
-    }
-    plan.row_offsets.push_back(static_cast<int64_t>(plan.values.size()));
-  }
-  return plan;
-}
-
-template <typename scalar_t>
-Plan<scalar_t> plan_taps(const SparseConvArgs& a, int64_t height, int64_t width,
-                         const at::Tensor& values, const at::Tensor& row_offsets,
-                         const at::Tensor& columns) {
-  Plan<scalar_t> plan;
-  AT_DISPATCH_INDEX_TYPES(columns.scalar_type(), "plan_taps", [&] {
-    plan = plan_taps_of<scalar_t, index_t>(a, height, width, values.contiguous(),
-                                           row_offsets.contiguous(), columns.contiguous());
-  });
-  return plan;
-}
-
 // Each image of `input` inside its zero border, planes one after another, then `slack` zeros.
 template <typename scalar_t>
-at::Tensor bordered_images(const at::Tensor& input, const Plan<scalar_t>& plan, int64_t slack) {
+at::Tensor bordered_images(const at::Tensor& input, const TapView& plan, int64_t slack) {
   const at::Tensor x = input.contiguous();
   const int64_t planes = x.size(0) * x.size(1), height = x.size(2), width = x.size(3);
   const int64_t plane = plan.padded_h * plan.padded_w;
@@ -361,39 +257,77 @@ at::Tensor bordered_images(const at::Tensor& input, const Plan<scalar_t>& plan, 
   return buffer;
 }
 
+// The convolution of `input` by the taps of `plan`, whose values are tap_values[t].
 template <typename scalar_t>
-void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const at::Tensor& values,
-                    const at::Tensor& row_offsets, const at::Tensor& columns,
-                    const scalar_t* bias, at::Tensor& output) {
-  const Plan<scalar_t> plan = plan_taps<scalar_t>(a, input.size(2), input.size(3), values,
-                                                  row_offsets, columns);
+void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapView& plan,
+                    const scalar_t* tap_values, const scalar_t* bias, at::Tensor& output) {
   Geometry g{a.batch, a.in_channels, a.out_channels, plan.padded_h, plan.padded_w,
              a.out_h, a.out_w, a.stride_h, a.stride_w, 1};
   g.rows_per_band = std::clamp<int64_t>(kBandSize / g.padded_w, 1, g.out_h);
   // Blocks read up to kBlock past a row's last output, and a tap reaches at most the kernel's
   // span into the row below.
   const int64_t slack = kBlock + (a.kernel_w - 1) * a.dilation_w + g.padded_w;
-  const at::Tensor buffer = bordered_images(input, plan, slack);
-  convolve(Problem<scalar_t>{g, buffer.const_data_ptr<scalar_t>(), plan.values.data(),
-                             plan.row_offsets.data(), plan.offsets.data(), bias,
-                             output.data_ptr<scalar_t>(),
+  const at::Tensor buffer = bordered_images<scalar_t>(input, plan, slack);
+  convolve(Problem<scalar_t>{g, buffer.const_data_ptr<scalar_t>(), tap_values, plan.rows,
+                             plan.offsets, bias, output.data_ptr<scalar_t>(),
                              (g.out_h + g.rows_per_band - 1) / g.rows_per_band});
+}
+
+// The ascending indices of inf and NaN values.
+template <typename scalar_t>
+std::vector<int64_t> nonfinite_values(const scalar_t* values, int64_t count) {
+  bool finite = true;
+  for (int64_t j = 0; j < count; ++j) finite &= std::isfinite(values[j]);
+  std::vector<int64_t> found;
+  for (int64_t j = 0; !finite && j < count; ++j) {
+    if (!std::isfinite(values[j])) found.push_back(j);
+  }
+  return found;
+}
+
+// With a packed plan (sparse_conv2d_plan) the taps are read from it; without one, or when the
+// plan left out weights that are now inf or NaN, they are planned for this call.
+template <typename scalar_t>
+void convolve_planned(const SparseConvArgs& a, const at::Tensor& input, const at::Tensor& values,
+                      const at::Tensor& row_offsets, const at::Tensor& columns,
+                      const c10::optional<at::Tensor>& packed, const scalar_t* bias,
+                      at::Tensor& output) {
+  const int64_t height = input.size(2), width = input.size(3);
+  const at::Tensor values_c = values.contiguous();
+  const scalar_t* value = values_c.const_data_ptr<scalar_t>();
+  TapPlan fresh;
+  TapView plan{};
+  bool left_out = false;
+  if (packed) plan = unpack_plan(*packed, a, height, width, &left_out);
+  if (!packed || (left_out && !nonfinite_values(value, a.nonzeros).empty())) {
+    check_csr_columns(a, columns);
+    fresh = plan_taps(a, height, width, row_offsets, columns,
+                      nonfinite_values(value, a.nonzeros));
+    plan = fresh.view();
+  }
+  std::vector<scalar_t> gathered;  // the taps' values, when some kept weights are not taps
+  if (plan.index) {
+    const int64_t taps = plan.rows[a.out_channels];
+    gathered.resize(taps);
+    for (int64_t t = 0; t < taps; ++t) gathered[t] = value[plan.index[t]];
+  }
+  convolve_input<scalar_t>(a, input, plan, plan.index ? gathered.data() : value, bias, output);
 }
 
 at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
                              const at::Tensor& row_offsets, const at::Tensor& columns,
                              const c10::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
                              at::IntArrayRef stride, at::IntArrayRef padding,
-                             at::IntArrayRef dilation) {
-  const SparseConvArgs args = check_sparse_conv_args(input, values, row_offsets, columns, bias,
-                                                     kernel_size, stride, padding, dilation);
+                             at::IntArrayRef dilation, const c10::optional<at::Tensor>& plan) {
+  const SparseConvArgs args = check_sparse_conv_shapes(input, values, row_offsets, columns, bias,
+                                                       kernel_size, stride, padding, dilation);
   at::Tensor output =
       at::empty({args.batch, args.out_channels, args.out_h, args.out_w}, input.options());
   if (output.numel() == 0) return output;
   const at::Tensor bias_c = bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sparse_conv2d_cpu", [&] {
-    convolve_input<scalar_t>(args, input, values, row_offsets, columns,
-                             bias ? bias_c.const_data_ptr<scalar_t>() : nullptr, output);
+    convolve_planned<scalar_t>(args, input, values, row_offsets, columns, plan,
+                               bias ? bias_c.const_data_ptr<scalar_t>() : nullptr, output);
   });
   return output;
 }

@@ -132,10 +132,11 @@ at::Tensor sparse_conv2d_cuda(const at::Tensor& input, const at::Tensor& values,
                               const at::Tensor& row_offsets, const at::Tensor& columns,
                               const c10::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
                               at::IntArrayRef stride, at::IntArrayRef padding,
-                              at::IntArrayRef dilation) {
+                              at::IntArrayRef dilation, const c10::optional<at::Tensor>& plan) {
   const SparseConvArgs a = check_sparse_conv_args(input, values, row_offsets, columns, bias,
                                                   kernel_size, stride, padding, dilation);
   TORCH_CHECK(input.is_cuda(), "sparse_conv2d: expected CUDA tensors");
+  TORCH_CHECK(!plan, "sparse_conv2d: tap plans are for CPU inputs; pass none on CUDA");
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor output = at::empty({a.batch, a.out_channels, a.out_h, a.out_w}, input.options());
   if (output.numel() == 0) return output;
