@@ -4,7 +4,7 @@
 // in the flattened (in-channel, kh, kw) filter. The taps are planned per input size (tap_plan.h:
 // on each call, or once by sparse_conv2d_plan and handed in): kept weights whose tap never lands
 // on the image are left out (unless inf or NaN), and the input is copied into a zero border only
-// as wide as the remaining taps reach (at most the layer's padding). A kept weight then reads the bordered input at a fixed offset from each output
+// as wide as the remaining taps reach (at most the layer's padding; read in place when none). A kept weight then reads the bordered input at a fixed offset from each output
 // position, so one output channel is
 //   y[oc, oh, ow] = bias[oc] + sum over kept j of value[j] * x_pad[ic_j, oh*sh + kh_j*dh,
 //                                                                   ow*sw + kw_j*dw]
@@ -15,8 +15,10 @@
 // kBlock consecutive q stays in registers while every kept weight of the channel adds its
 // contribution (one broadcast and kBlock/8 fused multiply-adds on AVX2), so the output is written
 // once and the zeros are never multiplied. Other strides step through each output row.
-// Work is split over (image, band of output rows, output channel), channel innermost, so a
-// thread reuses a band's input rows from cache across channels.
+// Work is split over (image, band of output rows, group of output channels); inside a task each
+// block of positions passes through every channel of the group before the next block, so the
+// block's input is read from L1 by all channels but the first, and the group's kept weights stay
+// in L1 across blocks.
 // The task loop is compiled twice, for AVX2+FMA and for the build's default target (plain
 // x86-64), and the AVX2 one is chosen at run time when the CPU has it.
 #include <ATen/ATen.h>
@@ -40,6 +42,8 @@ namespace {
 
 constexpr int64_t kBlock = 32;      // output positions summed in registers at a time
 constexpr int64_t kBandSize = 1024;  // about this many output positions per parallel task
+constexpr int64_t kGroupBytes = int64_t(1) << 14;  // kept weights of a group of channels, about
+constexpr int64_t kTasksPerThread = 4;  // at least, when the channels allow
 constexpr int64_t kMinParallelWork = int64_t(1) << 15;  // multiply-adds per thread, at least
 
 // The shapes of one call, in elements.
@@ -47,7 +51,7 @@ struct Geometry {
   int64_t batch, in_channels, out_channels;
   int64_t padded_h, padded_w, out_h, out_w;
   int64_t stride_h, stride_w;
-  int64_t rows_per_band;
+  int64_t rows_per_band, channels_per_group;
 };
 
 // One output channel's kept weights: values and their offsets into one padded image.
@@ -64,7 +68,6 @@ struct Row {
 #define PRUNEKIT_INLINE inline
 #endif
 
-// Sums `length` (<= kBlock) consecutive positions q of a unit-stride band into out[0, length).
 // The kBlock sums are a few 32-byte vectors (GCC vector extensions: AVX registers in the AVX2
 // build, pairs of SSE registers in the default one) that stay in registers over the row.
 template <typename scalar_t>
@@ -78,75 +81,50 @@ struct Vector32<double> {
   typedef double type __attribute__((vector_size(32)));
 };
 
+// sums[i] = bias + sum over the row of value[j] * x[offset[j] + i], for i in [0, kBlock).
+// Reads kBlock elements after each offset whatever the block's useful length: see the slack.
 template <typename scalar_t>
 PRUNEKIT_INLINE void unit_stride_block(const scalar_t* x, Row<scalar_t> row, scalar_t bias,
-                                       scalar_t* out, int64_t length) {
+                                       scalar_t* sums) {
   using vec = typename Vector32<scalar_t>::type;
   constexpr int64_t kLanes = sizeof(vec) / sizeof(scalar_t);
   constexpr int64_t kVectors = kBlock / kLanes;
-  vec sum[kVectors];
-  for (int64_t k = 0; k < kVectors; ++k) sum[k] = vec{} + bias;
-  for (int64_t j = 0; j < row.count; ++j) {
+  // Two sets of sums, for even and odd weights: an add waits for the previous add to the same
+  // sum, and one set alone would make every weight wait for the last.
+  vec even[kVectors], odd[kVectors];
+  for (int64_t k = 0; k < kVectors; ++k) {
+    even[k] = vec{} + bias;
+    odd[k] = vec{};
+  }
+  const auto add = [&](vec* sum, int64_t j) {
     const scalar_t v = row.values[j];
-    const scalar_t* in = x + row.offsets[j];  // reads up to kBlock past `length`: see slack
+    const scalar_t* in = x + row.offsets[j];
     for (int64_t k = 0; k < kVectors; ++k) {
       vec chunk;
       std::memcpy(&chunk, in + k * kLanes, sizeof(vec));
       sum[k] += v * chunk;
     }
+  };
+  int64_t j = 0;
+  for (; j + 1 < row.count; j += 2) {
+    add(even, j);
+    add(odd, j + 1);
   }
-  scalar_t result[kBlock];
-  std::memcpy(result, sum, sizeof(result));
-  std::copy(result, result + length, out);
+  if (j < row.count) add(even, j);
+  vec sum[kVectors];
+  for (int64_t k = 0; k < kVectors; ++k) sum[k] = even[k] + odd[k];
+  std::memcpy(sums, sum, kBlock * sizeof(scalar_t));
 }
 
-// One band of output rows [first, last) for unit width stride. With unit height stride too, the
-// rows are one run of q over the padded width, of which each row keeps its first out_w columns
-// (all of them when nothing is dropped: a 1x1 kernel without padding); else row by row.
+// sums[i] = bias + sum over the row of value[j] * x[offset[j] + i * stride], i in [0, length).
 template <typename scalar_t>
-PRUNEKIT_INLINE void unit_stride_band(const Geometry& g, const scalar_t* image, Row<scalar_t> row,
-                                      scalar_t bias, int64_t first, int64_t last, scalar_t* out,
-                                      scalar_t* scratch) {
-  if (g.stride_h != 1) {
-    for (int64_t oh = first; oh < last; ++oh) {
-      for (int64_t ow = 0; ow < g.out_w; ow += kBlock) {
-        unit_stride_block(image + oh * g.stride_h * g.padded_w + ow, row, bias,
-                          out + oh * g.out_w + ow, std::min(kBlock, g.out_w - ow));
-      }
-    }
-    return;
-  }
-  const bool direct = g.padded_w == g.out_w;
-  scalar_t* run = direct ? out + first * g.out_w : scratch;
-  const int64_t length = (last - first) * g.padded_w;
-  for (int64_t q = 0; q < length; q += kBlock) {
-    unit_stride_block(image + first * g.padded_w + q, row, bias, run + q,
-                      std::min(kBlock, length - q));
-  }
-  if (direct) return;
-  for (int64_t oh = first; oh < last; ++oh) {
-    const scalar_t* from = scratch + (oh - first) * g.padded_w;
-    std::copy(from, from + g.out_w, out + oh * g.out_w);
-  }
-}
-
-// One band of output rows for any stride: each output row steps through its input row.
-template <typename scalar_t>
-PRUNEKIT_INLINE void strided_band(const Geometry& g, const scalar_t* image, Row<scalar_t> row,
-                                  scalar_t bias, int64_t first, int64_t last, scalar_t* out) {
-  for (int64_t oh = first; oh < last; ++oh) {
-    const scalar_t* line = image + oh * g.stride_h * g.padded_w;
-    for (int64_t ow0 = 0; ow0 < g.out_w; ow0 += kBlock) {
-      const int64_t length = std::min(kBlock, g.out_w - ow0);
-      scalar_t sum[kBlock];
-      for (int64_t i = 0; i < kBlock; ++i) sum[i] = bias;
-      for (int64_t j = 0; j < row.count; ++j) {
-        const scalar_t v = row.values[j];
-        const scalar_t* in = line + row.offsets[j] + ow0 * g.stride_w;
-        for (int64_t i = 0; i < length; ++i) sum[i] += v * in[i * g.stride_w];
-      }
-      std::copy(sum, sum + length, out + oh * g.out_w + ow0);
-    }
+PRUNEKIT_INLINE void strided_block(const scalar_t* x, int64_t stride, Row<scalar_t> row,
+                                   scalar_t bias, scalar_t* sums, int64_t length) {
+  for (int64_t i = 0; i < length; ++i) sums[i] = bias;
+  for (int64_t j = 0; j < row.count; ++j) {
+    const scalar_t v = row.values[j];
+    const scalar_t* in = x + row.offsets[j];
+    for (int64_t i = 0; i < length; ++i) sums[i] += v * in[i * stride];
   }
 }
 
@@ -160,32 +138,101 @@ struct Problem {
   const int64_t* offsets;  // of each kept weight into one padded image
   const scalar_t* bias;    // or null
   scalar_t* output;
-  int64_t bands;
+  int64_t bands, groups;
+  bool exact_reads;  // partial blocks read only their own positions (nothing after the images)
+
+  Row<scalar_t> row(int64_t oc) const {
+    const int64_t begin = row_offsets[oc];
+    return {values + begin, offsets + begin, row_offsets[oc + 1] - begin};
+  }
+  scalar_t bias_of(int64_t oc) const { return bias ? bias[oc] : scalar_t(0); }
 };
 
-// Tasks [begin, end) of (image, band, channel), channel fastest, so consecutive tasks of a thread
-// reuse one band's input rows from cache.
+// The output rows [first, last) of channels [oc_begin, oc_end) of one image, for unit strides:
+// with output position (oh, ow) at q = oh * padded_w + ow, the rows are one run of q, cut in
+// blocks of kBlock; each row keeps its first out_w columns (all of them when nothing is dropped:
+// a 1x1 kernel without padding). Every channel of the group sums a block before the next block,
+// so the block's input is read from cache by all but the first.
+template <typename scalar_t>
+PRUNEKIT_INLINE void unit_stride_band(const Problem<scalar_t>& p, const scalar_t* image,
+                                      scalar_t* planes, int64_t oc_begin, int64_t oc_end,
+                                      int64_t first, int64_t last) {
+  const Geometry& g = p.g;
+  const int64_t plane = g.out_h * g.out_w;
+  const int64_t length = (last - first) * g.padded_w;
+  scalar_t sums[kBlock];
+  for (int64_t q = 0; q < length; q += kBlock) {
+    const int64_t count = std::min(kBlock, length - q);
+    const int64_t row = q / g.padded_w, column = q - row * g.padded_w;
+    const scalar_t* in = image + first * g.padded_w + q;
+    const bool exact = p.exact_reads && count < kBlock;
+    for (int64_t oc = oc_begin; oc < oc_end; ++oc) {
+      if (exact) {
+        strided_block(in, 1, p.row(oc), p.bias_of(oc), sums, count);
+      } else {
+        unit_stride_block(in, p.row(oc), p.bias_of(oc), sums);
+      }
+      scalar_t* out = planes + oc * plane + (first + row) * g.out_w;
+      if (g.padded_w == g.out_w) {
+        std::copy(sums, sums + count, out + column);
+        continue;
+      }
+      // The block's positions by output row, without the columns past out_w.
+      for (int64_t i = 0, c = column; i < count; c = 0, out += g.out_w) {
+        const int64_t span = std::min(count - i, g.padded_w - c);
+        const int64_t kept = std::clamp<int64_t>(g.out_w - c, 0, span);
+        std::copy(sums + i, sums + i + kept, out + c);
+        i += span;
+      }
+    }
+  }
+}
+
+// The same for any strides: each block is kBlock outputs of one row.
+template <typename scalar_t>
+PRUNEKIT_INLINE void strided_band(const Problem<scalar_t>& p, const scalar_t* image,
+                                  scalar_t* planes, int64_t oc_begin, int64_t oc_end,
+                                  int64_t first, int64_t last) {
+  const Geometry& g = p.g;
+  const int64_t plane = g.out_h * g.out_w;
+  scalar_t sums[kBlock];
+  for (int64_t oh = first; oh < last; ++oh) {
+    for (int64_t ow = 0; ow < g.out_w; ow += kBlock) {
+      const int64_t count = std::min(kBlock, g.out_w - ow);
+      const scalar_t* in = image + oh * g.stride_h * g.padded_w + ow * g.stride_w;
+      const bool whole_block = g.stride_w == 1 && !(p.exact_reads && count < kBlock);
+      for (int64_t oc = oc_begin; oc < oc_end; ++oc) {
+        if (whole_block) {
+          unit_stride_block(in, p.row(oc), p.bias_of(oc), sums);
+        } else {
+          strided_block(in, g.stride_w, p.row(oc), p.bias_of(oc), sums, count);
+        }
+        std::copy(sums, sums + count, planes + oc * plane + oh * g.out_w + ow);
+      }
+    }
+  }
+}
+
+// Tasks [begin, end) of (image, band of output rows, group of output channels), group fastest,
+// so consecutive tasks of a thread reuse one band's input rows from cache.
 template <typename scalar_t>
 PRUNEKIT_INLINE void run_tasks(const Problem<scalar_t>& p, int64_t begin, int64_t end) {
   const Geometry& g = p.g;
-  std::vector<scalar_t> scratch(g.rows_per_band * g.padded_w + kBlock);
   const int64_t image_size = g.in_channels * g.padded_h * g.padded_w;
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t oc = task % g.out_channels;
-    const int64_t band = task / g.out_channels % p.bands;
-    const int64_t n = task / g.out_channels / p.bands;
+    const int64_t group = task % p.groups;
+    const int64_t band = task / p.groups % p.bands;
+    const int64_t n = task / p.groups / p.bands;
     const int64_t first = band * g.rows_per_band;
     const int64_t last = std::min(g.out_h, first + g.rows_per_band);
-    const int64_t kept_begin = p.row_offsets[oc];
-    const Row<scalar_t> row{p.values + kept_begin, p.offsets + kept_begin,
-                            p.row_offsets[oc + 1] - kept_begin};
-    const scalar_t bias = p.bias ? p.bias[oc] : scalar_t(0);
+    const int64_t oc_begin = group * g.channels_per_group;
+    const int64_t oc_end = std::min(g.out_channels, oc_begin + g.channels_per_group);
     const scalar_t* image = p.padded + n * image_size;
-    scalar_t* out = p.output + (n * g.out_channels + oc) * g.out_h * g.out_w;
-    if (g.stride_w == 1) {
-      unit_stride_band(g, image, row, bias, first, last, out, scratch.data());
+    scalar_t* planes = p.output + n * g.out_channels * g.out_h * g.out_w;
+    if (g.stride_h == 1 && g.stride_w == 1) {
+      unit_stride_band(p, image, planes, oc_begin, oc_end, first, last);
     } else {
-      strided_band(g, image, row, bias, first, last, out);
+      strided_band(p, image, planes, oc_begin, oc_end, first, last);
     }
   }
 }
@@ -219,11 +266,13 @@ TaskLoop<scalar_t> best_task_loop() {
 template <typename scalar_t>
 void convolve(const Problem<scalar_t>& p) {
   const TaskLoop<scalar_t> loop = best_task_loop<scalar_t>();
-  const int64_t tasks = p.g.batch * p.bands * p.g.out_channels;
-  // Threads only for calls worth waking them: a task multiplies about (kept weights per channel)
-  // x (positions of its band), and waking a thread costs some thousands of those.
-  const int64_t kept_per_channel = p.row_offsets[p.g.out_channels] / p.g.out_channels;
-  const int64_t work = std::max<int64_t>(1, kept_per_channel * p.g.rows_per_band * p.g.padded_w);
+  const Geometry& g = p.g;
+  const int64_t tasks = g.batch * p.bands * p.groups;
+  // Threads only for calls worth waking them: a task multiplies about (kept weights of its
+  // channels) x (positions of its band), and waking a thread costs some thousands of those.
+  const int64_t kept_per_channel = p.row_offsets[g.out_channels] / g.out_channels;
+  const int64_t work = std::max<int64_t>(
+      1, kept_per_channel * g.channels_per_group * g.rows_per_band * g.padded_w);
   const int64_t grain = std::max<int64_t>(1, kMinParallelWork / work);
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { loop(p, begin, end); });
 }
@@ -262,15 +311,38 @@ template <typename scalar_t>
 void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapView& plan,
                     const scalar_t* tap_values, const scalar_t* bias, at::Tensor& output) {
   Geometry g{a.batch, a.in_channels, a.out_channels, plan.padded_h, plan.padded_w,
-             a.out_h, a.out_w, a.stride_h, a.stride_w, 1};
-  g.rows_per_band = std::clamp<int64_t>(kBandSize / g.padded_w, 1, g.out_h);
+             a.out_h, a.out_w, a.stride_h, a.stride_w, 1, 1};
+  // Bands of equal height (an odd short band would leave a thread idle at the end), and groups
+  // of channels whose kept weights stay in L1 while each block of the band passes through them.
+  const int64_t bands = std::clamp<int64_t>(
+      (a.out_h * g.padded_w + kBandSize - 1) / kBandSize, 1, std::max<int64_t>(a.out_h, 1));
+  g.rows_per_band = (a.out_h + bands - 1) / bands;
+  const int64_t taps = plan.rows[a.out_channels];
+  const int64_t channel_bytes =
+      std::max<int64_t>(1, taps / a.out_channels) * int64_t(sizeof(scalar_t) + sizeof(int64_t));
+  g.channels_per_group = std::clamp<int64_t>(kGroupBytes / channel_bytes, 1, a.out_channels);
+  // Smaller groups when there would be too few tasks to keep every thread busy to the end.
+  const int64_t wanted_groups = (kTasksPerThread * at::get_num_threads() + a.batch * bands - 1) /
+                                (a.batch * bands);
+  g.channels_per_group = std::min(g.channels_per_group,
+                                  std::max<int64_t>(1, a.out_channels / wanted_groups));
   // Blocks read up to kBlock past a row's last output, and a tap reaches at most the kernel's
   // span into the row below.
   const int64_t slack = kBlock + (a.kernel_w - 1) * a.dilation_w + g.padded_w;
-  const at::Tensor buffer = bordered_images<scalar_t>(input, plan, slack);
+  // The input itself serves when the taps need no border and, with unit strides, every row's
+  // positions are outputs (a 1x1 kernel without padding): then only a band's last, partial block
+  // could read past the images, and partial blocks read exactly their positions instead. This
+  // saves a copy of the input (a quarter of the time of a 90%-sparse 1x1 layer on 56x56).
+  const bool unit_strides = a.stride_h == 1 && a.stride_w == 1;
+  const bool in_place = plan.top == 0 && plan.left == 0 && plan.padded_h == input.size(2) &&
+                        plan.padded_w == input.size(3) && (!unit_strides || g.padded_w == a.out_w);
+  const at::Tensor buffer =
+      in_place ? input.contiguous() : bordered_images<scalar_t>(input, plan, slack);
   convolve(Problem<scalar_t>{g, buffer.const_data_ptr<scalar_t>(), tap_values, plan.rows,
                              plan.offsets, bias, output.data_ptr<scalar_t>(),
-                             (g.out_h + g.rows_per_band - 1) / g.rows_per_band});
+                             (g.out_h + g.rows_per_band - 1) / g.rows_per_band,
+                             (g.out_channels + g.channels_per_group - 1) / g.channels_per_group,
+                             in_place});
 }
 
 // The ascending indices of inf and NaN values.
