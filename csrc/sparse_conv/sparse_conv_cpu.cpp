@@ -89,14 +89,9 @@ PRUNEKIT_INLINE void unit_stride_block(const scalar_t* x, Row<scalar_t> row, sca
   using vec = typename Vector32<scalar_t>::type;
   constexpr int64_t kLanes = sizeof(vec) / sizeof(scalar_t);
   constexpr int64_t kVectors = kBlock / kLanes;
-  // Two sets of sums, for even and odd weights: an add waits for the previous add to the same
-  // sum, and one set alone would make every weight wait for the last.
-  vec even[kVectors], odd[kVectors];
-  for (int64_t k = 0; k < kVectors; ++k) {
-    even[k] = vec{} + bias;
-    odd[k] = vec{};
-  }
-  const auto add = [&](vec* sum, int64_t j) {
+  vec sum[kVectors];
+  for (int64_t k = 0; k < kVectors; ++k) sum[k] = vec{} + bias;
+  for (int64_t j = 0; j < row.count; ++j) {
     const scalar_t v = row.values[j];
     const scalar_t* in = x + row.offsets[j];
     for (int64_t k = 0; k < kVectors; ++k) {
@@ -104,15 +99,7 @@ PRUNEKIT_INLINE void unit_stride_block(const scalar_t* x, Row<scalar_t> row, sca
       std::memcpy(&chunk, in + k * kLanes, sizeof(vec));
       sum[k] += v * chunk;
     }
-  };
-  int64_t j = 0;
-  for (; j + 1 < row.count; j += 2) {
-    add(even, j);
-    add(odd, j + 1);
   }
-  if (j < row.count) add(even, j);
-  vec sum[kVectors];
-  for (int64_t k = 0; k < kVectors; ++k) sum[k] = even[k] + odd[k];
   std::memcpy(sums, sum, kBlock * sizeof(scalar_t));
 }
 
