@@ -42,7 +42,7 @@ namespace {
 
 constexpr int64_t kBlock = 32;      // output positions summed in registers at a time
 constexpr int64_t kBandSize = 1024;  // about this many output positions per parallel task
-constexpr int64_t kGroupBytes = int64_t(1) << 14;  // kept weights of a group of channels, about
+constexpr int64_t kGroupBytes = int64_t(1) << 15;  // kept weights of a group of channels, about
 constexpr int64_t kTasksPerThread = 4;  // at least, when the channels allow
 constexpr int64_t kMinParallelWork = int64_t(1) << 15;  // multiply-adds per thread, at least
 
@@ -307,12 +307,13 @@ void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapV
   const int64_t taps = plan.rows[a.out_channels];
   const int64_t channel_bytes =
       std::max<int64_t>(1, taps / a.out_channels) * int64_t(sizeof(scalar_t) + sizeof(int64_t));
-  g.channels_per_group = std::clamp<int64_t>(kGroupBytes / channel_bytes, 1, a.out_channels);
+  int64_t per_group = std::clamp<int64_t>(kGroupBytes / channel_bytes, 1, a.out_channels);
   // Smaller groups when there would be too few tasks to keep every thread busy to the end.
   const int64_t wanted_groups = (kTasksPerThread * at::get_num_threads() + a.batch * bands - 1) /
                                 (a.batch * bands);
-  g.channels_per_group = std::min(g.channels_per_group,
-                                  std::max<int64_t>(1, a.out_channels / wanted_groups));
+  per_group = std::min(per_group, std::max<int64_t>(1, a.out_channels / wanted_groups));
+  const int64_t groups = (a.out_channels + per_group - 1) / per_group;
+  g.channels_per_group = (a.out_channels + groups - 1) / groups;  // groups of equal size
   // Blocks read up to kBlock past a row's last output, and a tap reaches at most the kernel's
   // span into the row below.
   const int64_t slack = kBlock + (a.kernel_w - 1) * a.dilation_w + g.padded_w;
