@@ -40,6 +40,7 @@ PROGRAM = textwrap.dedent("""
         conv = torch.nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding,
                                dilation=dilation, dtype=dtype)
         mask = torch.rand(conv.weight.shape, generator=generator) < 0.5
+        mask[:, -1] = True  # the last channel is read, up to the input's last element
         x, region = ending_at_a_guard_page((2, in_channels) + size, dtype)
         x.copy_(torch.randn(x.shape, generator=generator, dtype=dtype))
         layer = SparseConv2d.from_conv(conv, mask)
@@ -58,6 +59,7 @@ LAYERS = {
     # in, out, kernel, stride, padding, dilation, input size (h, w)
     "1x1, positions not a multiple of a block": (8, 5, 1, 1, 0, 1, (7, 9)),
     "1x1 on a larger plane": (3, 4, 1, 1, 0, 1, (23, 37)),
+    "1x1 in several bands of rows": (3, 4, 1, 1, 0, 1, (41, 45)),
     "1x1 stride 2": (6, 3, 1, 2, 0, 1, (9, 11)),
     "1x1 stride 2 down, 1 across": (6, 3, 1, (2, 1), 0, 1, (9, 45)),
     "3x1 kernel, no padding": (4, 3, (3, 1), 1, 0, 1, (10, 13)),

@@ -4,17 +4,19 @@
 // in the flattened (in-channel, kh, kw) filter. The taps are planned per input size (tap_plan.h:
 // on each call, or once by sparse_conv2d_plan and handed in): kept weights whose tap never lands
 // on the image are left out (unless inf or NaN), and the input is copied into a zero border only
-// as wide as the remaining taps reach (at most the layer's padding; read in place when none). A kept weight then reads the bordered input at a fixed offset from each output
-// position, so one output channel is
+// as wide as the remaining taps reach (at most the layer's padding; read in place when none). A
+// kept weight then reads the bordered input at a fixed offset from each output position, so one
+// output channel is
 //   y[oc, oh, ow] = bias[oc] + sum over kept j of value[j] * x_pad[ic_j, oh*sh + kh_j*dh,
 //                                                                   ow*sw + kw_j*dw]
 // (x_pad: the input with the layer's padding; the narrower border reads the same values).
-// With stride 1 along the width, output position (oh, ow) reads padded element oh*Wp + ow +
-// offset[j], which is affine in q = oh*Wp + ow: a band of output rows is one 1-D sparse
-// correlation over q (positions with ow >= OW are computed and dropped). The sum for a block of
+// With unit strides, output position (oh, ow) reads padded element oh*Wp + ow + offset[j],
+// which is affine in q = oh*Wp + ow: a band of output rows is one 1-D sparse correlation over q
+// (positions with ow >= OW are computed and dropped). The sum for a block of
 // kBlock consecutive q stays in registers while every kept weight of the channel adds its
 // contribution (one broadcast and kBlock/8 fused multiply-adds on AVX2), so the output is written
-// once and the zeros are never multiplied. Other strides step through each output row.
+// once and the zeros are never multiplied. Other strides step through each output row (blocks of
+// kBlock outputs of one row).
 // Work is split over (image, band of output rows, group of output channels); inside a task each
 // block of positions passes through every channel of the group before the next block, so the
 // block's input is read from L1 by all channels but the first, and the group's kept weights stay
@@ -119,14 +121,14 @@ PRUNEKIT_INLINE void strided_block(const scalar_t* x, int64_t stride, Row<scalar
 template <typename scalar_t>
 struct Problem {
   Geometry g;
-  const scalar_t* padded;  // the zero-padded images, with slack after the last
+  const scalar_t* padded;  // the bordered images, with slack after the last unless in_place
   const scalar_t* values;
   const int64_t* row_offsets;
   const int64_t* offsets;  // of each kept weight into one padded image
   const scalar_t* bias;    // or null
   scalar_t* output;
   int64_t bands, groups;
-  bool exact_reads;  // partial blocks read only their own positions (nothing after the images)
+  bool in_place;  // the images are the caller's input, with nothing after the last
 
   Row<scalar_t> row(int64_t oc) const {
     const int64_t begin = row_offsets[oc];
@@ -137,13 +139,14 @@ struct Problem {
 
 // The output rows [first, last) of channels [oc_begin, oc_end) of one image, for unit strides:
 // with output position (oh, ow) at q = oh * padded_w + ow, the rows are one run of q, cut in
-// blocks of kBlock; each row keeps its first out_w columns (all of them when nothing is dropped:
-// a 1x1 kernel without padding). Every channel of the group sums a block before the next block,
-// so the block's input is read from cache by all but the first.
+// blocks of kBlock; each row keeps its first out_w columns (all of them when no column is
+// dropped: a 1x1 kernel without padding). Every channel of the group sums a block before the
+// next block, so the block's input is read from cache by all but the first. With `at_end` (the
+// band ends the caller's input) a partial block reads only its own positions.
 template <typename scalar_t>
 PRUNEKIT_INLINE void unit_stride_band(const Problem<scalar_t>& p, const scalar_t* image,
                                       scalar_t* planes, int64_t oc_begin, int64_t oc_end,
-                                      int64_t first, int64_t last) {
+                                      int64_t first, int64_t last, bool at_end) {
   const Geometry& g = p.g;
   const int64_t plane = g.out_h * g.out_w;
   const int64_t length = (last - first) * g.padded_w;
@@ -152,7 +155,7 @@ PRUNEKIT_INLINE void unit_stride_band(const Problem<scalar_t>& p, const scalar_t
     const int64_t count = std::min(kBlock, length - q);
     const int64_t row = q / g.padded_w, column = q - row * g.padded_w;
     const scalar_t* in = image + first * g.padded_w + q;
-    const bool exact = p.exact_reads && count < kBlock;
+    const bool exact = at_end && count < kBlock;
     for (int64_t oc = oc_begin; oc < oc_end; ++oc) {
       if (exact) {
         strided_block(in, 1, p.row(oc), p.bias_of(oc), sums, count);
@@ -179,7 +182,7 @@ PRUNEKIT_INLINE void unit_stride_band(const Problem<scalar_t>& p, const scalar_t
 template <typename scalar_t>
 PRUNEKIT_INLINE void strided_band(const Problem<scalar_t>& p, const scalar_t* image,
                                   scalar_t* planes, int64_t oc_begin, int64_t oc_end,
-                                  int64_t first, int64_t last) {
+                                  int64_t first, int64_t last, bool at_end) {
   const Geometry& g = p.g;
   const int64_t plane = g.out_h * g.out_w;
   scalar_t sums[kBlock];
@@ -187,7 +190,7 @@ PRUNEKIT_INLINE void strided_band(const Problem<scalar_t>& p, const scalar_t* im
     for (int64_t ow = 0; ow < g.out_w; ow += kBlock) {
       const int64_t count = std::min(kBlock, g.out_w - ow);
       const scalar_t* in = image + oh * g.stride_h * g.padded_w + ow * g.stride_w;
-      const bool whole_block = g.stride_w == 1 && !(p.exact_reads && count < kBlock);
+      const bool whole_block = g.stride_w == 1 && !(at_end && count < kBlock);
       for (int64_t oc = oc_begin; oc < oc_end; ++oc) {
         if (whole_block) {
           unit_stride_block(in, p.row(oc), p.bias_of(oc), sums);
@@ -216,10 +219,13 @@ PRUNEKIT_INLINE void run_tasks(const Problem<scalar_t>& p, int64_t begin, int64_
     const int64_t oc_end = std::min(g.out_channels, oc_begin + g.channels_per_group);
     const scalar_t* image = p.padded + n * image_size;
     scalar_t* planes = p.output + n * g.out_channels * g.out_h * g.out_w;
+    // Whole blocks may read past a band's last position: into the next row, channel or image,
+    // except after the last band of the last image when the input is read in place.
+    const bool at_end = p.in_place && n == g.batch - 1 && last == g.out_h;
     if (g.stride_h == 1 && g.stride_w == 1) {
-      unit_stride_band(p, image, planes, oc_begin, oc_end, first, last);
+      unit_stride_band(p, image, planes, oc_begin, oc_end, first, last, at_end);
     } else {
-      strided_band(p, image, planes, oc_begin, oc_end, first, last);
+      strided_band(p, image, planes, oc_begin, oc_end, first, last, at_end);
     }
   }
 }
@@ -299,7 +305,7 @@ void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapV
                     const scalar_t* tap_values, const scalar_t* bias, at::Tensor& output) {
   Geometry g{a.batch, a.in_channels, a.out_channels, plan.padded_h, plan.padded_w,
              a.out_h, a.out_w, a.stride_h, a.stride_w, 1, 1};
-  // Bands of equal height (an odd short band would leave a thread idle at the end), and groups
+  // Bands of (nearly) equal height (one short band would leave a thread idle at the end), groups
   // of channels whose kept weights stay in L1 while each block of the band passes through them.
   const int64_t bands = std::clamp<int64_t>(
       (a.out_h * g.padded_w + kBandSize - 1) / kBandSize, 1, std::max<int64_t>(a.out_h, 1));
@@ -313,13 +319,14 @@ void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapV
                                 (a.batch * bands);
   per_group = std::min(per_group, std::max<int64_t>(1, a.out_channels / wanted_groups));
   const int64_t groups = (a.out_channels + per_group - 1) / per_group;
-  g.channels_per_group = (a.out_channels + groups - 1) / groups;  // groups of equal size
+  g.channels_per_group = (a.out_channels + groups - 1) / groups;  // groups of nearly equal size
   // Blocks read up to kBlock past a row's last output, and a tap reaches at most the kernel's
   // span into the row below.
   const int64_t slack = kBlock + (a.kernel_w - 1) * a.dilation_w + g.padded_w;
   // The input itself serves when the taps need no border and, with unit strides, every row's
-  // positions are outputs (a 1x1 kernel without padding): then only a band's last, partial block
-  // could read past the images, and partial blocks read exactly their positions instead. This
+  // positions are outputs (1x1 or kx1 kernels without padding, or only the centre tap landing):
+  // then only the last band's partial blocks could read past the images, and they read exactly
+  // their positions instead. This
   // saves a copy of the input (a quarter of the time of a 90%-sparse 1x1 layer on 56x56).
   const bool unit_strides = a.stride_h == 1 && a.stride_w == 1;
   const bool in_place = plan.top == 0 && plan.left == 0 && plan.padded_h == input.size(2) &&

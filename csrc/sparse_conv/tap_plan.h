@@ -11,10 +11,11 @@
 
 namespace prunekit {
 
-// The input is copied into a zero border only as wide as the taps reach: the image starts `top`
-// rows and `left` columns into a padded_h x padded_w plane. Tap t of output channel oc (t in
-// [rows[oc], rows[oc + 1])) multiplies values[index[t]] (values[t] when index is null) with the
-// bordered image at offsets[t] from each output's window start.
+// The input is placed in a zero border only as wide as the taps reach (with none, the kernel may
+// read the input in place): the image starts `top` rows and `left` columns into a padded_h x
+// padded_w plane. Tap t of output channel oc (t in [rows[oc], rows[oc + 1])) multiplies
+// values[index[t]] (values[t] when index is null) with the bordered image at offsets[t] from each
+// output's window start.
 struct TapView {
   const int64_t* rows;
   const int64_t* offsets;
