@@ -2,7 +2,8 @@
 model``) or reference layer shapes over sparsities (``bench conv``).
 
 Timings are medians of ``repeats`` calls after warm-up calls, under ``torch.no_grad``, with a
-device synchronisation inside each timed call on CUDA. Dense is ``F.conv2d`` on the masked weight
+device synchronisation inside each timed call on CUDA; what is compared is timed in turns
+(dense call, sparse call, dense call, ...). Dense is ``F.conv2d`` on the masked weight
 (oneDNN on CPU, cuDNN on CUDA); sparse is ``SparseConv2d`` (only kept weights multiplied).
 """
 from __future__ import annotations
@@ -50,16 +51,25 @@ REFERENCE_SHAPES = (
 def median_ms(forward: Callable[[torch.Tensor], object], x: torch.Tensor,
               repeats: int) -> float:
     """Median milliseconds of ``forward(x)`` over ``repeats`` calls, after warm-up calls."""
+    return interleaved_median_ms([forward], x, repeats)[0]
+
+
+def interleaved_median_ms(forwards: Sequence[Callable[[torch.Tensor], object]],
+                          x: torch.Tensor, repeats: int) -> list[float]:
+    """Median milliseconds of each ``forward(x)`` over ``repeats`` rounds, after warm-up rounds.
+    Each round calls every forward once in turn, so a burst of load from other processes slows
+    them alike instead of falling on one of them: their ratio is what the timing is for."""
     synchronise = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-    seconds = []
+    seconds = [[] for _ in forwards]
     with torch.no_grad():
         for call in range(WARMUP + repeats):
-            start = time.perf_counter()
-            forward(x)
-            synchronise()
-            if call >= WARMUP:
-                seconds.append(time.perf_counter() - start)
-    return 1000 * statistics.median(seconds)
+            for forward, taken in zip(forwards, seconds):
+                start = time.perf_counter()
+                forward(x)
+                synchronise()
+                if call >= WARMUP:
+                    taken.append(time.perf_counter() - start)
+    return [1000 * statistics.median(taken) for taken in seconds]
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ def time_dense_and_sparse(conv: nn.Conv2d, mask: torch.Tensor, x: torch.Tensor,
                           repeats: int) -> ConvTiming:
     """``conv`` (its weight already masked) against its ``SparseConv2d`` on input ``x``."""
     sparse = SparseConv2d.from_conv(conv, mask)
-    return ConvTiming(median_ms(conv, x, repeats), median_ms(sparse, x, repeats))
+    return ConvTiming(*interleaved_median_ms([conv, sparse], x, repeats))
 
 
 def random_masked_conv(shape: ConvShape, sparsity: float, device: str,

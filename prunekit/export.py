@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .conv_timing import median_ms, time_dense_and_sparse
+from .conv_timing import interleaved_median_ms, time_dense_and_sparse
 from .data import NATIVE_SIZES
 from .engine import check_out_dir, load_checkpoint
 from .errors import PrunekitError, one_line
@@ -101,8 +101,8 @@ def measure_run(run_dir: str | Path, *, sparse_kernels: bool = True,
                                            sparse_kernels, repeats))
         progress(f"{name}: {report.layers[-1].kernel}")
     chosen = with_chosen_kernels(model, masks, report.layers)
-    report.dense_ms = round(median_ms(model, example, repeats), 4)
-    report.chosen_ms = round(median_ms(chosen, example, repeats), 4)
+    dense_ms, chosen_ms = interleaved_median_ms([model, chosen], example, repeats)
+    report.dense_ms, report.chosen_ms = round(dense_ms, 4), round(chosen_ms, 4)
     return model, chosen, example, report
 
 

@@ -8,7 +8,8 @@ from torch import nn
 
 from prunekit import export
 from prunekit.cli import main
-from prunekit.conv_timing import ConvShape, bench_conv, crossovers, format_conv_table
+from prunekit.conv_timing import (WARMUP, ConvShape, bench_conv, crossovers, format_conv_table,
+                                  interleaved_median_ms)
 from prunekit.errors import PrunekitError
 from prunekit.sparse_conv import SparseConv2d
 
@@ -195,6 +196,14 @@ def test_bench_conv_rows_table_and_crossovers():
         assert row["speedup"] == pytest.approx(row["dense_ms"] / row["sparse_ms"], rel=1e-2)
     table = format_conv_table(rows)
     assert "3x3 8@12x12" in table and "sparsity 0.9" in table
+
+
+def test_what_is_compared_is_timed_in_turns():
+    calls = []
+    dense, sparse = (lambda x: calls.append("dense")), (lambda x: calls.append("sparse"))
+    times = interleaved_median_ms([dense, sparse], torch.zeros(1), repeats=4)
+    assert calls == ["dense", "sparse"] * (WARMUP + 4)
+    assert len(times) == 2 and all(ms >= 0 for ms in times)
 
 
 def test_crossover_is_where_sparse_stays_faster():
