@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import sys
 
 import click
@@ -14,7 +15,8 @@ from click.core import ParameterSource
 from ._version import __version__
 from .cli_options import (comma_list, echo_err, float_list, image_size, learning_rates,
                           options)
-from .engine import QUICK, RunConfig, run
+from . import distributed
+from .engine import QUICK, Run, RunConfig, run
 from .errors import PrunekitError, one_line
 from .interfaces import INTERFACES
 from .report import format_summary
@@ -156,10 +158,18 @@ def config_from(ctx, quick: bool, options: dict) -> RunConfig:
 @click.option("--baseline", default=None,
               help="Folder of a dense run; adds Delta_T against it to the report.")
 @MODE_OPTIONS
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes to run on: launches torchrun (gloo on CPU, NCCL on CUDA); scoring "
+                   "batches are shared out and training is data-parallel.")
 @click.pass_context
-def run_command(ctx, quick, progress, **options):
+def run_command(ctx, quick, progress, nproc, **options):
     """Prune a multi-task model, train it sparse and report per-task metrics."""
     config = config_from(ctx, quick, options)
+    if nproc > 1:
+        if distributed.launched():
+            raise PrunekitError("--nproc launches torchrun; under torchrun leave it out")
+        Run(config, no_progress).check(nproc)  # bad input fails here once, not per process
+        return launch_processes(nproc, (ctx.obj or {}).get("argv", sys.argv[1:]))
     resolved = config.resolved()
     for name in resolved.ignored_options(given_options(ctx, options)):
         method = (f"--scorer {resolved.scorer}" if resolved.scorer_removes_filters()
@@ -170,6 +180,8 @@ def run_command(ctx, quick, progress, **options):
                  "ignored")
     result = run(config, show_progress=progress,
                  warn=lambda message: echo_err(f"warning: {message}"))
+    if not result.writer:
+        return None
     click.echo(format_summary(result.report))
     click.echo(f"\nwrote {result.out_dir / 'report.json'} and {result.out_dir / 'checkpoint.pt'}")
 
@@ -306,10 +318,33 @@ def add_kernel_commands() -> None:
 add_kernel_commands()
 
 
+def launch_processes(count: int, args: list[str]) -> int:
+    """``prunekit ARGS`` (without --nproc) in ``count`` processes under torchrun; its exit
+    code."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={count}", "-m", "prunekit", *without_option(args, "--nproc")]
+    return subprocess.run(command).returncode
+
+
+def without_option(args: list[str], name: str) -> list[str]:
+    """``args`` without ``name VALUE`` and ``name=VALUE``."""
+    kept, skip_value = [], False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+        elif arg == name:
+            skip_value = True
+        elif not arg.startswith(f"{name}="):
+            kept.append(arg)
+    return kept
+
+
 def main(argv=None) -> None:
     """Entry point of the ``prunekit`` script."""
     try:
-        code = cli.main(args=argv, prog_name="prunekit", standalone_mode=False)
+        args = list(sys.argv[1:] if argv is None else argv)
+        code = cli.main(args=args, prog_name="prunekit", standalone_mode=False,
+                        obj={"argv": args})
     except click.exceptions.Exit as exit_:
         code = exit_.exit_code
     except click.ClickException as exc:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +18,7 @@ from typing import Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from . import distributed
 from ._version import __version__
 from .api import check_arbiter, check_scope, check_sparsity, compute_masks, resolve
 from .data import build_dataset
@@ -38,6 +41,7 @@ from .timing import add_seconds, timed
 from .training import Progress, evaluate, no_progress, to_device, train
 
 DEFAULT_TASKS = ("seg", "depth", "normal")
+BATCH_SEEDS = 1_000_003  # scoring batch i of seed s draws from seed s * BATCH_SEEDS + i
 # options that only some modes read (--rewind and --init-checkpoint elsewhere are errors)
 MODE_OPTIONS = {
     "finetune_iterations": ("pretrained", "iterative"),
@@ -229,6 +233,7 @@ QUICK = dict(width=0.125, image_size=(32, 40), iterations=4, score_batches=1, ba
 class RunResult:
     report: dict
     out_dir: Path
+    writer: bool = True  # False on the ranks of a torchrun launch that write nothing
 
 
 def tqdm_progress(items, label: str):
@@ -238,17 +243,27 @@ def tqdm_progress(items, label: str):
 
 
 class Batches:
-    """The first ``count`` batches of a loader, moved to ``device``; sized for progress bars."""
+    """The first ``count`` batches of a loader, moved to ``device``; sized for progress bars.
 
-    def __init__(self, loader: DataLoader, count: int, device: torch.device):
-        self.loader, self.count, self.device = loader, count, device
+    While the caller works on batch i, random draws (dropout) come from a generator seeded by
+    (``seed``, i) and the global one is restored after: a batch's gradients do not depend on
+    the batches before it, so under torchrun, where each rank gets its share of the batches
+    (``distributed.shard``), the ranks' sums equal one process's.
+    """
+
+    def __init__(self, loader: DataLoader, count: int, device: torch.device, seed: int = 0):
+        self.loader, self.count, self.device, self.seed = loader, count, device, seed
 
     def __len__(self) -> int:
-        return min(self.count, len(self.loader))
+        return distributed.shard_size(min(self.count, len(self.loader)))
 
     def __iter__(self) -> Iterator[dict]:
-        for batch in itertools.islice(self.loader, self.count):
-            yield to_device(batch, self.device)
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        numbered = enumerate(itertools.islice(self.loader, self.count))
+        for index, batch in distributed.shard(numbered):
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(self.seed * BATCH_SEEDS + index)
+                yield to_device(batch, self.device)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -331,8 +346,9 @@ class Run:
         self.report["warnings"].append(message)
         self.print_warning(message)
 
-    def check(self) -> None:
-        """Validate the configuration and the plugins it names, without building anything."""
+    def check(self, processes: int = 1) -> None:
+        """Validate the configuration and the plugins it names, without building anything;
+        ``processes``: how many a launch is about to start (torchrun's own launch counts)."""
         config = self.config
         config.validate()
         registry = default_registry()
@@ -360,6 +376,8 @@ class Run:
                                 "cosprune) in --mode iterative")
         if config.init_checkpoint:
             check_checkpoint_path(config.init_checkpoint)
+        if processes > 1 or distributed.launched():
+            check_distributed(self)
         if config.out:
             check_out_dir(config.out)
         self.report["plugins"] = plugin_record(config, self.per_task, self.thresholder)
@@ -372,8 +390,16 @@ class Run:
         self.check()
         config = self.config
         self.device = resolve_device(config.device)
+        self.joined_group = distributed.launched() and not distributed.active()
+        self.device = distributed.start(self.device)
+        self.writer = distributed.is_writer()
         self.baseline = load_baseline(config.baseline) if config.baseline else None
-        self.out_dir = Path(config.out) if config.out else default_out_dir(config, self.per_task)
+        if self.writer:
+            self.out_dir = (Path(config.out) if config.out
+                            else default_out_dir(config, self.per_task))
+        else:  # the other ranks of a torchrun launch write into a folder removed at the end
+            self.out_dir = Path(tempfile.mkdtemp(prefix=f"prunekit-rank{distributed.rank()}-"))
+            self.progress, self.print_warning = no_progress, lambda message: None
         with timed(self.timings, "setup"):
             self.build()
             if config.retrain_from_scratch:
@@ -408,6 +434,11 @@ class Run:
                           "stay 1")
         self.train_loader = self.loader(train_set, shuffle=True)
         self.val_loader = self.loader(val_set, shuffle=False)
+        if len(self.train_loader) < distributed.world_size():
+            raise PrunekitError(f"the training split gives {len(self.train_loader)} batch(es) of "
+                                f"{config.batch_size} per epoch, fewer than the "
+                                f"{distributed.world_size()} processes; lower --batch-size or "
+                                "the number of processes")
 
     def adaptive_task_weights(self) -> AdaptiveTaskWeights:
         """AdapMTL weighting; each task's scale is the parameters its loss trains (the shared
@@ -434,7 +465,7 @@ class Run:
               within: Masks | None = None) -> PruneResult:
         """Score the model as it is now and threshold to ``sparsity`` (inside ``within``)."""
         config, scorer = self.config, scorer or self.scorer
-        batches = (Batches(self.train_loader, config.score_batches, self.device)
+        batches = (Batches(self.train_loader, config.score_batches, self.device, config.seed)
                    if scorer.needs_data else [])
         result = compute_masks(self.model, self.layout, self.tasks, batches, scorer,
                                self.arbiter, config.thresholder, sparsity, config.compensate,
@@ -452,9 +483,13 @@ class Run:
                     after_step=None, extra_groups: list[dict] | None = None) -> None:
         """Train for ``iterations`` steps; the seconds go to ``timings[phase]``."""
         with timed(self.timings, phase):
-            history = train(self.model, self.tasks, self.train_loader, iterations, lr, masks,
+            history = train(distributed.for_training(self.model), self.tasks,
+                            self.train_loader, iterations, lr, masks,
                             self.device, self.progress, phase, after_step, extra_groups,
                             self.task_weights)
+            # DistributedDataParallel hands rank 0's buffers (BatchNorm statistics) to the
+            # others before each forward; after the last one each rank has its own
+            distributed.from_writer(self.model.buffers())
         self.report["training"].append({
             "phase": phase, "iterations": iterations, "lr": lr,
             "first_loss": history[0] if history else None,
@@ -513,6 +548,13 @@ class Run:
         return {"model": self.config.model, "width": self.config.width,
                 "task_channels": {n: t.channels for n, t in self.tasks.items()}}
 
+    def leave(self) -> None:
+        """Remove a non-writing rank's folder and leave the process group this run joined."""
+        if not getattr(self, "writer", True):
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+        if getattr(self, "joined_group", False):
+            distributed.stop()
+
     def finish(self, error: BaseException | None) -> None:
         """Write report.json: complete only when the run finished; never a stale checkpoint."""
         self.report["timings"] = {**self.timings,
@@ -530,15 +572,29 @@ def run(config: RunConfig, show_progress: bool = False, warn=print_warning) -> R
     ``warn`` receives one line for each warning (by default printed on stderr).
     """
     current = Run(config, tqdm_progress if show_progress else no_progress, warn)
-    current.prepare()
-    current.out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        current.execute()
-    except BaseException as error:  # record the failure, then let the caller report it
-        current.finish(error)
-        raise
-    current.finish(None)
-    return RunResult(current.report, current.out_dir)
+        current.prepare()
+        current.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            current.execute()
+        except BaseException as error:  # record the failure, then let the caller report it
+            current.finish(error)
+            raise
+        current.finish(None)
+        return RunResult(current.report, current.out_dir, current.writer)
+    finally:
+        current.leave()
+
+
+def check_distributed(run: Run) -> None:
+    """What a torchrun launch cannot do yet: runs that change the model or learn thresholds
+    outside DistributedDataParallel's gradient averaging."""
+    if run.removes_filters():
+        raise PrunekitError("structured pruning (a filter scorer) removes channels while "
+                            "training and runs in one process; drop --nproc / torchrun")
+    if run.thresholder and run.thresholder.learns:
+        raise PrunekitError(f"thresholder {run.config.thresholder!r} learns thresholds outside "
+                            "the model and runs in one process; drop --nproc / torchrun")
 
 
 def check_filter_mode(config: RunConfig, scorer: Scorer) -> None:

@@ -20,6 +20,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from . import distributed
 from .interfaces import JOINT, Arbiter, Saliency, Scorer, ScoringContext
 from .layout import ResolvedLayout
 from .masks import AppliedMasks
@@ -137,11 +138,13 @@ class RigLUpdater:
                 continue
             candidates = ~mask  # inactive before the drop: what was just dropped cannot regrow
             dropped = weakest(params[name], mask, count)
-            grown = self.growth(name, saliency, candidates, count)
-            mask.logical_and_(~dropped).logical_or_(grown)
+            updated = mask & ~dropped | self.growth(name, saliency, candidates, count)
+            distributed.from_writer([updated])  # under torchrun rank 0 decides for every rank
+            grown = updated & ~mask
+            mask.copy_(updated)
             params[name].masked_fill_(grown, 0.0)  # even if the caller left stale values there
             reset_optimiser_state(optimiser, params[name], grown)
-            changed += count
+            changed += int(grown.sum())
         self.masks.zero_pruned()
         self.updates += 1
         self.regrown += changed

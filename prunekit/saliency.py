@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from . import distributed
 from .interfaces import JOINT, Saliency, Scorer, ScoringContext
 
 # criterion(weight, gradient) -> per-element score
@@ -77,6 +78,8 @@ def accumulate_scores(context: ScoringContext, criterion: Criterion, per_task: b
                 grads = torch.autograd.grad(losses[key], tensors, retain_graph=i < len(groups) - 1)
                 for name, weight, grad in zip(names, tensors, grads):
                     scores[key][name] += criterion(weight.detach(), grad).float()
+    # several processes (torchrun) each scored their share of the batches
+    distributed.sum_across(t for tensors in scores.values() for t in tensors.values())
     return scores
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .errors import NonFiniteLossError
 from .masks import AppliedMasks
 from .task_weighting import AdaptiveTaskWeights
@@ -34,8 +35,10 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def endless(loader: DataLoader, device: torch.device) -> Iterator[dict]:
+    """The loader's batches, epoch after epoch; under torchrun this rank's share of each epoch
+    (every rank walks the same seeded order, so together they see each batch once)."""
     while True:
-        for batch in loader:
+        for batch in distributed.shard(loader):
             yield to_device(batch, device)
 
 
