@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -323,7 +324,10 @@ def launch_processes(count: int, args: list[str]) -> int:
     code."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={count}", "-m", "prunekit", *without_option(args, "--nproc")]
-    return subprocess.run(command).returncode
+    # the machine's cores shared out (torchrun would give each process one thread, and say so)
+    threads = str(max(1, (os.cpu_count() or 1) // count))
+    environment = {"OMP_NUM_THREADS": threads, **os.environ}
+    return subprocess.run(command, env=environment).returncode
 
 
 def without_option(args: list[str], name: str) -> list[str]:
