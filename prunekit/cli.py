@@ -17,14 +17,16 @@ from ._version import __version__
 from .cli_options import (comma_list, echo_err, float_list, image_size, learning_rates,
                           options)
 from . import distributed
-from .engine import QUICK, Run, RunConfig, run
+from .engine import QUICK, Run, RunConfig, RunResult, resume_run, run
 from .errors import PrunekitError, one_line
 from .interfaces import INTERFACES
 from .report import format_summary
+from .resume import RunStopped, read_resume
 from .training import no_progress
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 USAGE_ERROR = 2
+STOPPED = 128 + 15  # the exit status of a process ended by SIGTERM
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,12 +161,21 @@ def config_from(ctx, quick: bool, options: dict) -> RunConfig:
 @click.option("--baseline", default=None,
               help="Folder of a dense run; adds Delta_T against it to the report.")
 @MODE_OPTIONS
+@click.option("--checkpoint-every", type=int, default=DEFAULTS["checkpoint_every"],
+              show_default=True,
+              help="Training steps between checkpoints in OUT/resume.pt (0: only when stopped "
+                   "by SIGTERM); a stopped run goes on with --resume.")
+@click.option("--resume", "resume_dir", default=None, metavar="DIR",
+              help="Go on with the stopped run in DIR from its last checkpoint, with its own "
+                   "settings.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes to run on: launches torchrun (gloo on CPU, NCCL on CUDA); scoring "
                    "batches are shared out and training is data-parallel.")
 @click.pass_context
-def run_command(ctx, quick, progress, nproc, **options):
+def run_command(ctx, quick, progress, resume_dir, nproc, **options):
     """Prune a multi-task model, train it sparse and report per-task metrics."""
+    if resume_dir is not None:
+        return resume_command(ctx, quick, progress, resume_dir, nproc, options)
     config = config_from(ctx, quick, options)
     if nproc > 1:
         if distributed.launched():
@@ -181,8 +192,27 @@ def run_command(ctx, quick, progress, nproc, **options):
                  "ignored")
     result = run(config, show_progress=progress,
                  warn=lambda message: echo_err(f"warning: {message}"))
-    if not result.writer:
-        return None
+    print_result(result)
+
+
+def resume_command(ctx, quick, progress, folder, nproc, options):
+    """``prunekit run --resume DIR``: the stopped run's own settings, nothing else."""
+    given = sorted(given_options(ctx, options)) + (["quick"] if quick else [])
+    if given:
+        raise PrunekitError(f"--resume goes on with the stopped run's own settings; leave out "
+                            f"{', '.join('--' + name.replace('_', '-') for name in given)}")
+    read_resume(folder)  # a folder with nothing to resume fails here, before any launch
+    if nproc > 1:
+        if distributed.launched():
+            raise PrunekitError("--nproc launches torchrun; under torchrun leave it out")
+        return launch_processes(nproc, (ctx.obj or {}).get("argv", sys.argv[1:]))
+    print_result(resume_run(folder, show_progress=progress,
+                            warn=lambda message: echo_err(f"warning: {message}")))
+
+
+def print_result(result: RunResult) -> None:
+    if not result.writer:  # a rank of a torchrun launch other than rank 0
+        return
     click.echo(format_summary(result.report))
     click.echo(f"\nwrote {result.out_dir / 'report.json'} and {result.out_dir / 'checkpoint.pt'}")
 
@@ -354,6 +384,9 @@ def main(argv=None) -> None:
     except click.ClickException as exc:
         click.echo(f"prunekit: error: {one_line(exc.format_message())}", err=True)
         code = USAGE_ERROR
+    except RunStopped as exc:  # SIGTERM: a clean stop, with a checkpoint when training
+        click.echo(f"prunekit: {one_line(exc)}", err=True)
+        code = STOPPED
     except PrunekitError as exc:
         click.echo(f"prunekit: error: {one_line(exc)}", err=True)
         code = USAGE_ERROR

@@ -90,6 +90,16 @@ def sum_across(tensors: Iterable[torch.Tensor]) -> None:
         tensor.copy_(summed.view_as(tensor))
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (so that every rank takes the same branch)."""
+    if not active():
+        return flag
+    on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+    value = torch.tensor([int(flag)], device="cuda" if on_gpu else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def from_writer(tensors: Iterable[torch.Tensor]) -> None:
     """Overwrite each tensor on every rank with rank 0's (bool tensors too)."""
     if not active():

@@ -22,7 +22,7 @@ from . import distributed
 from ._version import __version__
 from .api import check_arbiter, check_scope, check_sparsity, compute_masks, resolve
 from .data import build_dataset
-from .errors import PrunekitError, UnknownNameError, one_line
+from .errors import NonFiniteLossError, PrunekitError, UnknownNameError, one_line
 from .files import save_torch, write_json
 from .interfaces import Masks, Scorer, Thresholder
 from .layout import ResolvedLayout
@@ -33,12 +33,13 @@ from .models import build_model
 from .registry import default_registry, plugin_info
 from .models.surgery import kept_channels, shrink_to
 from .report import delta_t, load_baseline
+from .resume import RESUME_FILE, PhaseCheckpoints, RunStopped, StopRequest, read_resume
 from .retrain import SELECTION_SHARE, check_select_metric
 from .structured import check_structured
 from .task_weighting import AdaptiveTaskWeights
 from .tasks import build_tasks
 from .timing import add_seconds, timed
-from .training import Progress, evaluate, no_progress, to_device, train
+from .training import Progress, Resumption, evaluate, no_progress, to_device, train
 
 DEFAULT_TASKS = ("seg", "depth", "normal")
 BATCH_SEEDS = 1_000_003  # scoring batch i of seed s draws from seed s * BATCH_SEEDS + i
@@ -110,6 +111,7 @@ class RunConfig:
     select_metric: str = "delta_t"           # structured: how the sweep's winner is chosen
     task_weighting: str = "fixed"            # fixed (every loss weighs 1) | adaptive (AdapMTL)
     window: int = 400                        # adaptive task weighting: losses per task averaged
+    checkpoint_every: int = 100              # training steps between resume checkpoints (0: none)
 
     def resolved(self) -> "RunConfig":
         """A copy with the mode's default scorer and thresholder and the fine-tuning budget."""
@@ -186,6 +188,7 @@ class RunConfig:
                 raise PrunekitError(f"{what} must be positive, got {value}")
         at_least_zero = {"workers": self.workers, "iterations": self.iterations,
                          "val samples": self.val_samples,
+                         "checkpoint every": self.checkpoint_every,
                          "finetune iterations": self.finetune_iterations}
         for what, value in at_least_zero.items():
             if value is not None and value < 0:
@@ -332,12 +335,18 @@ class Run:
     report.json. The modes build on ``prune``, ``train_phase`` and ``pretrain``.
     """
 
-    def __init__(self, config: RunConfig, progress: Progress, warn=print_warning):
+    def __init__(self, config: RunConfig, progress: Progress, warn=print_warning,
+                 resume: dict | None = None):
         self.config = config.resolved()
         self.progress, self.print_warning = progress, warn
         self.timings: dict[str, float] = {}
         self.achieved_sparsity: dict | None = None  # set by modes that remove whole channels
         self.started = time.perf_counter()
+        self.resume = resume      # the checkpoint of a stopped run (prunekit.resume)
+        self.elapsed_before = resume["elapsed"] if resume else 0.0
+        self.prunes: list[dict] = []  # every prune's masks so far, for checkpoints
+        self.phases_started = 0
+        self.stop = StopRequest()
         self.report: dict = {"prunekit_version": __version__, "config": self.config.as_dict(),
                              "complete": False, "warnings": [], "training": []}
 
@@ -378,9 +387,17 @@ class Run:
             check_checkpoint_path(config.init_checkpoint)
         if processes > 1 or distributed.launched():
             check_distributed(self)
+        if self.resume is not None and not self.resumable():
+            raise PrunekitError("this run removed channels or learned thresholds while "
+                                "training, which a checkpoint cannot resume")
         if config.out:
             check_out_dir(config.out)
         self.report["plugins"] = plugin_record(config, self.per_task, self.thresholder)
+
+    def resumable(self) -> bool:
+        """Whether checkpoints can resume this run (not one that changes the model or learns
+        thresholds while training)."""
+        return not self.removes_filters() and not (self.thresholder and self.thresholder.learns)
 
     def removes_filters(self) -> bool:
         """Whether this run prunes whole channels (structured iterative mode)."""
@@ -463,8 +480,19 @@ class Run:
 
     def prune(self, sparsity: float, scorer: Scorer | None = None,
               within: Masks | None = None) -> PruneResult:
-        """Score the model as it is now and threshold to ``sparsity`` (inside ``within``)."""
-        config, scorer = self.config, scorer or self.scorer
+        """Score the model as it is now and threshold to ``sparsity`` (inside ``within``).
+        When resuming, a prune the stopped run had made returns its recorded masks."""
+        if self.replaying():
+            result = self.recorded_prune(len(self.prunes))
+        else:
+            result = self.compute_prune(sparsity, scorer or self.scorer, within)
+        self.prunes.append({"masks": {k: m.cpu() for k, m in result.masks.items()},
+                            "keep_ratio": result.keep_ratio, "requested": result.requested,
+                            "achieved": result.achieved})
+        return result
+
+    def compute_prune(self, sparsity: float, scorer: Scorer, within: Masks | None) -> PruneResult:
+        config = self.config
         batches = (Batches(self.train_loader, config.score_batches, self.device, config.seed)
                    if scorer.needs_data else [])
         result = compute_masks(self.model, self.layout, self.tasks, batches, scorer,
@@ -479,14 +507,41 @@ class Run:
         result.saliency = None  # one float per weight and task: free it once the masks exist
         return result
 
+    def replaying(self) -> bool:
+        """Whether a resumed run is still before the training phase it stopped in."""
+        return self.resume is not None and self.phases_started <= self.resume["phase"]
+
+    def recorded_prune(self, index: int) -> PruneResult:
+        recorded = self.resume["prunes"][index]
+        masks = {k: m.to(self.device) for k, m in recorded["masks"].items()}
+        return PruneResult(masks, {}, recorded["keep_ratio"], recorded["requested"],
+                           recorded["achieved"])
+
     def train_phase(self, masks: AppliedMasks | None, iterations: int, lr: float, phase: str,
                     after_step=None, extra_groups: list[dict] | None = None) -> None:
-        """Train for ``iterations`` steps; the seconds go to ``timings[phase]``."""
+        """Train for ``iterations`` steps; the seconds go to ``timings[phase]``. When resuming,
+        a phase the stopped run had finished is skipped, and the one it stopped in goes on
+        from its checkpoint."""
+        index = self.phases_started
+        self.phases_started += 1
+        resumption = None
+        if self.resume is not None and index < self.resume["phase"]:
+            return  # trained before the stop; the restored report has its entry
+        if self.resume is not None and index == self.resume["phase"]:
+            resumption = self.restore(masks, after_step)
+        checkpoints = (PhaseCheckpoints(self, index, phase, masks, after_step)
+                       if self.resumable() else None)
         with timed(self.timings, phase):
-            history = train(distributed.for_training(self.model), self.tasks,
-                            self.train_loader, iterations, lr, masks,
-                            self.device, self.progress, phase, after_step, extra_groups,
-                            self.task_weights)
+            self.stop.in_training = checkpoints is not None
+            try:
+                history = train(distributed.for_training(self.model), self.tasks,
+                                self.train_loader, iterations, lr, masks,
+                                self.device, self.progress, phase, after_step, extra_groups,
+                                self.task_weights, resumption, checkpoints)
+            except NonFiniteLossError as error:
+                raise self.with_checkpoint_kept(error) from error
+            finally:
+                self.stop.in_training = False
             # DistributedDataParallel hands rank 0's buffers (BatchNorm statistics) to the
             # others before each forward; after the last one each rank has its own
             distributed.from_writer(self.model.buffers())
@@ -494,6 +549,32 @@ class Run:
             "phase": phase, "iterations": iterations, "lr": lr,
             "first_loss": history[0] if history else None,
             "last_loss": history[-1] if history else None})
+
+    def restore(self, masks: AppliedMasks | None, after_step) -> Resumption:
+        """The state of the phase the resumed run stopped in: weights, live masks, hooks, the
+        report and timings so far; returns where its training goes on."""
+        state = self.resume
+        self.model.load_state_dict(state["model"])
+        if masks is not None and state["masks"] is not None:
+            for name, live in masks.named_masks().items():
+                live.copy_(state["masks"][name])
+        hooks = {"after_step": after_step, "task_weights": self.task_weights}
+        for name, hook_state in state["hooks"].items():
+            hooks[name].load_state_dict(hook_state)
+        self.report, self.timings = state["report"], state["timings"]
+        resumption = Resumption(**state["resumption"])
+        self.resume = {"phase": state["phase"]}  # the rest is in place: let it go
+        return resumption
+
+    def with_checkpoint_kept(self, error: NonFiniteLossError) -> NonFiniteLossError:
+        path = self.out_dir / RESUME_FILE
+        if self.writer and path.is_file():
+            return NonFiniteLossError(f"{error}; the last checkpoint before it is kept in {path}")
+        return error
+
+    def elapsed(self) -> float:
+        """Seconds this run has taken, before a stop included."""
+        return round(self.elapsed_before + time.perf_counter() - self.started, 3)
 
     def pretrain(self) -> None:
         """Dense weights to prune: trained here, unless ``build`` loaded ``init_checkpoint``."""
@@ -556,27 +637,36 @@ class Run:
             distributed.stop()
 
     def finish(self, error: BaseException | None) -> None:
-        """Write report.json: complete only when the run finished; never a stale checkpoint."""
-        self.report["timings"] = {**self.timings,
-                                  "total": round(time.perf_counter() - self.started, 3)}
-        self.report["complete"] = error is None
+        """Write report.json: complete only when the run finished; never a stale checkpoint.
+        A finished run needs no resume.pt; a failed or stopped one keeps its last one."""
         if error is not None:
             self.report["error"] = str(error) or type(error).__name__
+            self.report["stopped"] = isinstance(error, RunStopped)
             (self.out_dir / "checkpoint.pt").unlink(missing_ok=True)
+        elif self.writer:
+            (self.out_dir / RESUME_FILE).unlink(missing_ok=True)
+        self.write_report(complete=error is None)
+
+    def write_report(self, complete: bool) -> None:
+        self.report["timings"] = {**self.timings, "total": self.elapsed()}
+        self.report["complete"] = complete
         write_json(self.out_dir / "report.json", self.report)
 
 
-def run(config: RunConfig, show_progress: bool = False, warn=print_warning) -> RunResult:
+def run(config: RunConfig, show_progress: bool = False, warn=print_warning,
+        resume: dict | None = None) -> RunResult:
     """Run the whole pipeline; raises PrunekitError for problems the user can fix.
 
-    ``warn`` receives one line for each warning (by default printed on stderr).
+    ``warn`` receives one line for each warning (by default printed on stderr). ``resume``:
+    the checkpoint of a stopped run to go on with (see ``resume_run``).
     """
-    current = Run(config, tqdm_progress if show_progress else no_progress, warn)
+    current = Run(config, tqdm_progress if show_progress else no_progress, warn, resume)
     try:
         current.prepare()
         current.out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            current.execute()
+            with current.stop:
+                current.execute()
         except BaseException as error:  # record the failure, then let the caller report it
             current.finish(error)
             raise
@@ -584,6 +674,18 @@ def run(config: RunConfig, show_progress: bool = False, warn=print_warning) -> R
         return RunResult(current.report, current.out_dir, current.writer)
     finally:
         current.leave()
+
+
+def resume_run(folder: str | Path, show_progress: bool = False,
+               warn=print_warning) -> RunResult:
+    """Go on with the stopped run in ``folder`` from its last checkpoint, with its settings."""
+    state = read_resume(folder)
+    try:
+        config = RunConfig(**{**state["config"], "out": str(folder)})
+    except TypeError as exc:
+        raise PrunekitError(f"{str(Path(folder) / RESUME_FILE)!r} was written by another "
+                            f"prunekit version ({one_line(exc, 200)})") from exc
+    return run(config, show_progress, warn, resume=state)
 
 
 def check_distributed(run: Run) -> None:

@@ -91,11 +91,13 @@ def iterative(run: "Run") -> Masks:
     initial = ({k: v.detach().clone() for k, v in run.model.state_dict().items()}
                if config.rewind else None)
     run.pretrain()
-    masks, rounds = None, run.report.setdefault("rounds", [])
+    masks = None
     for number, sparsity in enumerate(round_sparsities(config.sparsity, config.prune_rounds), 1):
         result = run.prune(sparsity, within=masks)
         masks = result.masks
-        rounds.append({"round": number, "requested": sparsity, "achieved": result.achieved})
+        # run.report, not a list held across rounds: a resumed run replaces the report
+        run.report.setdefault("rounds", []).append(
+            {"round": number, "requested": sparsity, "achieved": result.achieved})
         if config.rewind:  # lottery tickets: the survivors restart from their initial values
             run.model.load_state_dict(initial)
             run.train_phase(AppliedMasks(run.model, masks), config.finetune_iterations,

@@ -101,6 +101,15 @@ class RigLUpdater:
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
 
+    def state_dict(self) -> dict:
+        """The counts and history a resumed run goes on from (the masks are the run's)."""
+        return {"updates": self.updates, "regrown": self.regrown, "seconds": self.seconds,
+                "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates, self.regrown = state["updates"], state["regrown"]
+        self.seconds, self.history = state["seconds"], list(state["history"])
+
     def __call__(self, step: int, batch: dict, optimiser: torch.optim.Optimizer) -> None:
         if self.schedule.due(step + 1):
             started = time.perf_counter()

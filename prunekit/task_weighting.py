@@ -83,6 +83,17 @@ class AdaptiveTaskWeights:
             self._weights = {t: len(self.tasks) * raw[t] / total for t in self.tasks}
         return self.weights
 
+    def state_dict(self) -> dict:
+        """The recorded losses and current weights (a resumed run goes on from them)."""
+        return {"losses": {t: list(h) for t, h in self._losses.items()},
+                "weights": dict(self._weights)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for t in self.tasks:
+            self._losses[t].clear()
+            self._losses[t].extend(state["losses"][t])
+        self._weights = dict(state["weights"])
+
     @property
     def weights(self) -> dict[str, float]:
         """Current weights (a copy): all 1.0 until every task has ``start`` losses; sum to T."""

@@ -1,7 +1,9 @@
 """Sparse training and evaluation of a multi-task model."""
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
@@ -34,12 +36,84 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-def endless(loader: DataLoader, device: torch.device) -> Iterator[dict]:
-    """The loader's batches, epoch after epoch; under torchrun this rank's share of each epoch
-    (every rank walks the same seeded order, so together they see each batch once)."""
-    while True:
-        for batch in distributed.shard(loader):
-            yield to_device(batch, device)
+class Epochs:
+    """The loader's batches, epoch after epoch, and where they stand (``position``) so that a
+    resumed run goes on with the batch it would have had next.
+
+    A shuffling loader draws each epoch's order from its generator when the epoch starts, so
+    the position is that generator's state then and the batches taken since. Under torchrun
+    each rank takes an equal share of each epoch (every rank walks the same seeded order, so
+    together they see the epoch's batches once; a remainder of fewer than N batches is left).
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device, position: dict | None = None):
+        self.loader, self.device = loader, device
+        self.epoch_start: torch.Tensor | None = None
+        self.taken = 0
+        self.resumed_epoch = None
+        if position is not None:
+            generator = getattr(loader, "generator", None)  # any iterable of batches serves
+            if generator is not None and position["generator"] is not None:
+                generator.set_state(position["generator"])
+            # The epoch is started and the batches trained on before the stop are read now,
+            # so the loader draws from its generator what it had drawn then (its order when
+            # the first batch is read), even if no further batch is asked for.
+            self.resumed_epoch = self.next_epoch()
+            for _ in range(position["taken"]):
+                next(self.resumed_epoch)
+            self.taken = position["taken"]
+
+    def position(self) -> dict:
+        return {"generator": self.epoch_start, "taken": self.taken}
+
+    def next_epoch(self) -> Iterator[dict]:
+        generator = getattr(self.loader, "generator", None)
+        self.epoch_start = generator.get_state() if generator is not None else None
+        self.taken = 0
+        shared = len(self.loader) // distributed.world_size() * distributed.world_size()
+        return distributed.shard(itertools.islice(self.loader, shared))  # draws the order
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch = self.resumed_epoch or self.next_epoch()
+        while True:
+            for batch in epoch:
+                self.taken += 1
+                yield to_device(batch, self.device)
+            epoch = self.next_epoch()
+
+
+@dataclass
+class Resumption:
+    """Where a training phase restarts: its steps done, optimiser and schedule states, losses so
+    far, random generator states and the batch position (``Epochs.position``)."""
+    step: int
+    optimiser: dict
+    schedule: dict
+    history: list
+    rng: dict
+    batches: dict
+
+
+class Checkpoints:
+    """What ``train`` asks of the caller that keeps resumable checkpoints."""
+
+    def due(self, steps_done: int) -> bool:
+        """Whether to write a checkpoint after ``steps_done`` steps (or stop: SIGTERM)."""
+        return False
+
+    def write(self, state: Resumption) -> None:
+        """Write the checkpoint; may raise to stop the run (after a SIGTERM)."""
+
+
+def rng_states(device: torch.device) -> dict:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_states(states: dict, device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if device.type == "cuda" and states["cuda"] is not None:
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, iterations: int,
@@ -47,14 +121,18 @@ def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, itera
           progress: Progress = no_progress, label: str = "training",
           after_step: AfterStep | None = None,
           extra_groups: list[dict] | None = None,
-          task_weights: AdaptiveTaskWeights | None = None) -> list[dict[str, float]]:
+          task_weights: AdaptiveTaskWeights | None = None,
+          resume: Resumption | None = None,
+          checkpoints: Checkpoints | None = None) -> list[dict[str, float]]:
     """Adam on the summed task losses with cosine learning-rate decay.
 
     With ``masks``, pruned weights get zero gradients and are re-zeroed after each step, so they
     stay exactly zero. ``label`` names the phase in progress bars and errors. ``extra_groups``
     are Adam parameter groups with their own settings (learnable thresholds); every other
     parameter trains at ``lr``. With ``task_weights`` the sum is weighted by its current weights,
-    and each step's losses update them. Returns the per-task losses of every step.
+    and each step's losses update them. ``resume`` continues a phase a stopped run had begun;
+    ``checkpoints`` is asked after every step whether to write one. Returns the per-task losses
+    of every step.
     """
     model.train()
     extra_groups = extra_groups or []
@@ -63,9 +141,15 @@ def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, itera
         [{"params": [p for p in model.parameters() if id(p) not in special]}, *extra_groups],
         lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(iterations, 1))
-    history = []
-    batches = endless(loader, device)
-    for step in progress(range(iterations), label):
+    history, first = [], 0
+    epochs = Epochs(loader, device, resume.batches if resume else None)
+    if resume is not None:
+        optimiser.load_state_dict(resume.optimiser)
+        schedule.load_state_dict(resume.schedule)
+        history, first = list(resume.history), resume.step
+        set_rng_states(resume.rng, device)
+    batches = iter(epochs)
+    for step in progress(range(first, iterations), label):
         batch = next(batches)
         outputs = model(batch["image"])
         losses = {name: task.loss(outputs[name], batch[name]) for name, task in tasks.items()}
@@ -85,6 +169,9 @@ def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, itera
         history.append({name: float(loss.detach()) for name, loss in losses.items()})
         if task_weights is not None:
             task_weights.update(history[-1])
+        if checkpoints is not None and checkpoints.due(step + 1):
+            checkpoints.write(Resumption(step + 1, optimiser.state_dict(), schedule.state_dict(),
+                                         history, rng_states(device), epochs.position()))
     return history
 
 

@@ -1,0 +1,135 @@
+"""Resumable runs: ``DIR/resume.pt``, written every ``--checkpoint-every`` training steps and
+when the run is asked to stop (SIGTERM), and read by ``prunekit run --resume DIR``.
+
+A run is its mode's sequence of prunes and training phases (``prunekit.modes``). The checkpoint
+holds the settings, the masks of every prune made so far, and the phase in progress: its index,
+steps done, model weights, live masks, optimiser and schedule states, random generator states,
+the batch position, the report so far and the state of hooks that keep one (RigL's updater,
+adaptive task weights). Resuming runs the mode again from the start: prunes made before the
+stop return their recorded masks, phases finished before it are skipped, and the phase in
+progress goes on from its checkpoint, so the run ends with the masks and metrics it would
+have had (on CPU with the same threads).
+
+The file is written to a temporary name and renamed, so a run killed at any moment leaves the
+previous checkpoint or the new one. It is removed when the run finishes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from . import distributed
+from .errors import PrunekitError, one_line
+from .files import save_torch
+from .training import Checkpoints, Resumption
+
+if TYPE_CHECKING:
+    from .engine import Run
+
+RESUME_FILE = "resume.pt"
+FORMAT = 1
+
+
+class RunStopped(PrunekitError):
+    """The run was asked to stop (SIGTERM) and left a checkpoint to resume from."""
+
+
+class KeepsState(Protocol):
+    """A training hook whose state a checkpoint keeps (RigL's updater, adaptive weights)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def read_resume(folder: str | Path) -> dict:
+    """The checkpoint of the stopped run in ``folder``; one clear error for anything else."""
+    folder = Path(folder)
+    path = folder / RESUME_FILE
+    if not folder.is_dir():
+        raise PrunekitError(f"run folder {str(folder)!r} does not exist")
+    if not path.is_file():
+        finished = (folder / "checkpoint.pt").is_file()
+        raise PrunekitError(f"{str(folder)!r} has nothing to resume: "
+                            + ("the run finished" if finished else
+                               "no resume.pt (the run stopped before its first checkpoint; "
+                               "see --checkpoint-every)"))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign files: zip, pickle and torch errors alike
+        raise PrunekitError(f"{str(path)!r} could not be read as a checkpoint "
+                            f"({type(exc).__name__}: {one_line(exc, 200)})") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise PrunekitError(f"{str(path)!r} is not a prunekit resume checkpoint")
+    return state
+
+
+class StopRequest:
+    """SIGTERM, caught while a run is going: inside a training phase the run stops after the
+    current step with a checkpoint; elsewhere at once (``RunStopped``)."""
+
+    def __init__(self):
+        self.requested = False
+        self.in_training = False
+        self.previous = None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def handle(self, signum, frame) -> None:
+        self.requested = True
+        if not self.in_training:
+            raise RunStopped("stopped by SIGTERM before training could be checkpointed; "
+                             "nothing to resume from this point")
+
+
+class PhaseCheckpoints(Checkpoints):
+    """The checkpoints of one training phase of ``run``."""
+
+    def __init__(self, run: "Run", phase: int, label: str, masks, after_step):
+        self.run, self.phase, self.label = run, phase, label
+        self.masks, self.after_step = masks, after_step
+        self.every = run.config.checkpoint_every
+        self.stopping = False
+
+    def due(self, steps_done: int) -> bool:
+        stop = distributed.any_rank(self.run.stop.requested)
+        self.stopping = stop
+        return stop or (self.every > 0 and steps_done % self.every == 0)
+
+    def write(self, state: Resumption) -> None:
+        run = self.run
+        if run.writer:
+            save_torch(run.out_dir / RESUME_FILE, {
+                "format": FORMAT,
+                "config": dataclasses.asdict(run.config),
+                "phase": self.phase,
+                "resumption": dataclasses.asdict(state),
+                "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+                "masks": ({k: m.cpu() for k, m in self.masks.named_masks().items()}
+                          if self.masks is not None else None),
+                "prunes": run.prunes,
+                "hooks": {name: hook.state_dict() for name, hook in self.hooks().items()},
+                "report": run.report,
+                "timings": run.timings,
+                "elapsed": run.elapsed(),
+            })
+            run.write_report(complete=False)
+        if self.stopping:
+            raise RunStopped(f"stopped by SIGTERM after step {state.step} of {self.label}; "
+                             f"resume with: prunekit run --resume {run.out_dir}")
+
+    def hooks(self) -> dict[str, KeepsState]:
+        found = {"after_step": self.after_step, "task_weights": self.run.task_weights}
+        return {name: hook for name, hook in found.items() if hasattr(hook, "state_dict")}
