@@ -20,6 +20,7 @@ from . import distributed
 from .engine import QUICK, Run, RunConfig, RunResult, resume_run, run
 from .errors import PrunekitError, one_line
 from .interfaces import INTERFACES
+from .config_file import read_config_file
 from .report import format_summary
 from .resume import RunStopped, read_resume
 from .training import no_progress
@@ -140,13 +141,14 @@ def given_options(ctx, options: dict) -> dict:
             if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
 
 
-def config_from(ctx, quick: bool, options: dict) -> RunConfig:
-    """Defaults, then --quick's settings, then what the user typed."""
+def config_from(ctx, quick: bool, options: dict, config_file: str | None = None) -> RunConfig:
+    """Defaults, then --quick's settings, then the --config file's, then what the user typed."""
     given = given_options(ctx, options)
     if "lr" in given:  # one rate, or a retraining sweep whose first rate trains the rest
         rates = given.pop("lr")
         given.update(lr=rates[0], retrain_lrs=rates if len(rates) > 1 else None)
-    return RunConfig(**{**DEFAULTS, **(QUICK if quick else {}), **given})
+    from_file = read_config_file(config_file) if config_file else {}
+    return RunConfig(**{**DEFAULTS, **(QUICK if quick else {}), **from_file, **given})
 
 
 @cli.command("run")
@@ -165,6 +167,9 @@ def config_from(ctx, quick: bool, options: dict) -> RunConfig:
               show_default=True,
               help="Training steps between checkpoints in OUT/resume.pt (0: only when stopped "
                    "by SIGTERM); a stopped run goes on with --resume.")
+@click.option("--config", "config_file", default=None, metavar="FILE",
+              help="Settings from a JSON or TOML file, keyed by the long option names "
+                   "(score_batches or score-batches); options typed here win.")
 @click.option("--resume", "resume_dir", default=None, metavar="DIR",
               help="Go on with the stopped run in DIR from its last checkpoint, with its own "
                    "settings.")
@@ -172,11 +177,14 @@ def config_from(ctx, quick: bool, options: dict) -> RunConfig:
               help="Processes to run on: launches torchrun (gloo on CPU, NCCL on CUDA); scoring "
                    "batches are shared out and training is data-parallel.")
 @click.pass_context
-def run_command(ctx, quick, progress, resume_dir, nproc, **options):
+def run_command(ctx, quick, progress, config_file, resume_dir, nproc, **options):
     """Prune a multi-task model, train it sparse and report per-task metrics."""
     if resume_dir is not None:
+        if config_file:
+            raise PrunekitError("--resume goes on with the stopped run's own settings; leave "
+                                "out --config")
         return resume_command(ctx, quick, progress, resume_dir, nproc, options)
-    config = config_from(ctx, quick, options)
+    config = config_from(ctx, quick, options, config_file)
     if nproc > 1:
         if distributed.launched():
             raise PrunekitError("--nproc launches torchrun; under torchrun leave it out")

@@ -513,6 +513,13 @@ class Run:
 
     def recorded_prune(self, index: int) -> PruneResult:
         recorded = self.resume["prunes"][index]
+        params = dict(self.model.named_parameters())
+        for name, mask in recorded["masks"].items():
+            if name not in params or params[name].shape != mask.shape:
+                raise PrunekitError(f"{str(self.out_dir / RESUME_FILE)!r} does not fit the run "
+                                    f"it describes: its mask of {name} is "
+                                    f"{list(mask.shape)}, the model has "
+                                    f"{list(params[name].shape) if name in params else 'none'}")
         masks = {k: m.to(self.device) for k, m in recorded["masks"].items()}
         return PruneResult(masks, {}, recorded["keep_ratio"], recorded["requested"],
                            recorded["achieved"])
@@ -554,15 +561,19 @@ class Run:
         """The state of the phase the resumed run stopped in: weights, live masks, hooks, the
         report and timings so far; returns where its training goes on."""
         state = self.resume
-        self.model.load_state_dict(state["model"])
-        if masks is not None and state["masks"] is not None:
-            for name, live in masks.named_masks().items():
-                live.copy_(state["masks"][name])
-        hooks = {"after_step": after_step, "task_weights": self.task_weights}
-        for name, hook_state in state["hooks"].items():
-            hooks[name].load_state_dict(hook_state)
+        try:
+            self.model.load_state_dict(state["model"])
+            if masks is not None and state["masks"] is not None:
+                for name, live in masks.named_masks().items():
+                    live.copy_(state["masks"][name])
+            hooks = {"after_step": after_step, "task_weights": self.task_weights}
+            for name, hook_state in state["hooks"].items():
+                hooks[name].load_state_dict(hook_state)
+            resumption = Resumption(**state["resumption"])
+        except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+            raise PrunekitError(f"{str(self.out_dir / RESUME_FILE)!r} does not fit the run it "
+                                f"describes: {one_line(exc, 300)}") from exc
         self.report, self.timings = state["report"], state["timings"]
-        resumption = Resumption(**state["resumption"])
         self.resume = {"phase": state["phase"]}  # the rest is in place: let it go
         return resumption
 

@@ -29,3 +29,7 @@ class UnknownNameError(PrunekitError):
 
 class NonFiniteLossError(PrunekitError):
     """A task's loss became NaN or infinite during scoring or training."""
+
+
+class NonFiniteDataError(PrunekitError):
+    """An input image holds NaN or infinite values."""

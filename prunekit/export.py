@@ -77,7 +77,7 @@ def export_run(run_dir: str | Path, *, sparse_kernels: bool = True,
         device=device, repeats=repeats, progress=progress)
     program = export_program(chosen, example)
     check_same_outputs(model, program.module(), example)
-    atomic_write(folder / MODEL_FILE, lambda temporary: torch.export.save(program, temporary))
+    atomic_write(folder / MODEL_FILE, lambda temporary: save_program(program, temporary))
     report.model_file = str(folder / MODEL_FILE)
     write_json(folder / REPORT_FILE, report.to_json())
     return report
@@ -216,6 +216,11 @@ def with_chosen_kernels(model: nn.Module, masks: dict[str, torch.Tensor],
             chosen.set_submodule(layer.name,
                                  SparseConv2d.from_conv(conv, masks[f"{layer.name}.weight"]))
     return chosen.eval()
+
+
+def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
+    with path.open("wb") as file:  # Python's file: a full disk is an OSError
+        torch.export.save(program, file)
 
 
 def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:

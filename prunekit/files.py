@@ -9,18 +9,30 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import PrunekitError, one_line
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(temporary_path)`` in the target's folder, then rename onto ``path``."""
+    """Call ``write(temporary_path)`` in the target's folder, then rename onto ``path``.
+
+    Whatever happens, ``path`` holds its old content or the new one; a failure to write (a
+    full disk, no permission) is one clear error and leaves no temporary file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                             dir=path.parent)
+        os.close(handle)
         write(Path(temporary))
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as exc:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise PrunekitError(f"could not write {str(path)!r}: "
+                                f"{exc.strerror or one_line(exc, 200)}") from exc
         raise
 
 
@@ -31,4 +43,7 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def save_torch(path: str | Path, data: Any) -> None:
-    atomic_write(path, lambda temporary: torch.save(data, temporary))
+    def write(temporary: Path) -> None:
+        with temporary.open("wb") as file:  # Python's file: a full disk is an OSError
+            torch.save(data, file)
+    atomic_write(path, write)

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 RESUME_FILE = "resume.pt"
 FORMAT = 1
+CONTENTS = ("config", "phase", "resumption", "model", "masks", "prunes", "hooks", "report",
+            "timings", "elapsed")
 
 
 class RunStopped(PrunekitError):
@@ -66,6 +68,10 @@ def read_resume(folder: str | Path) -> dict:
                             f"({type(exc).__name__}: {one_line(exc, 200)})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise PrunekitError(f"{str(path)!r} is not a prunekit resume checkpoint")
+    missing = [key for key in CONTENTS if key not in state]
+    if missing:
+        raise PrunekitError(f"{str(path)!r} is not a whole resume checkpoint (no "
+                            f"{', '.join(missing)})")
     return state
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import distributed
-from .errors import NonFiniteLossError
+from .errors import NonFiniteDataError, NonFiniteLossError
 from .masks import AppliedMasks
 from .task_weighting import AdaptiveTaskWeights
 from .tasks import Task
@@ -33,6 +33,12 @@ def check_loss(task: str, loss: torch.Tensor, where: str) -> None:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch on ``device``. NaN or inf in an input image is an error (it would turn every
+    loss and saliency into NaN); targets may hold them (depth marks unknown pixels so)."""
+    image = batch.get("image")
+    if image is not None and image.is_floating_point() and not torch.isfinite(image).all():
+        raise NonFiniteDataError("an input image of the data holds NaN or inf values; check the "
+                                 "dataset's files (--data-root) or its preprocessing")
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
