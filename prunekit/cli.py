@@ -393,7 +393,8 @@ def main(argv=None) -> None:
         click.echo(f"prunekit: error: {one_line(exc.format_message())}", err=True)
         code = USAGE_ERROR
     except RunStopped as exc:  # SIGTERM: a clean stop, with a checkpoint when training
-        click.echo(f"prunekit: {one_line(exc)}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops alike
+            click.echo(f"prunekit: {one_line(exc)}", err=True)
         code = STOPPED
     except PrunekitError as exc:
         click.echo(f"prunekit: error: {one_line(exc)}", err=True)

@@ -1,10 +1,13 @@
 """One rank of a torchrun launch for tests/test_distributed.py (not a test module itself).
 
 Runs ``prunekit run`` with the JSON settings of argv[2] on this rank and writes, into the folder
-argv[1], ``rank<N>.json``: a hash of every model tensor and every mask as this rank ends.
+argv[1], ``rank<N>.json``: a hash of every model tensor and every mask as this rank ends. With
+``die_after_checkpoint: N`` every rank exits abruptly after its N-th checkpoint; with
+``resume: true`` the run in ``out`` goes on from its checkpoint.
 """
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import torch
 
 from prunekit import distributed
 from prunekit.engine import QUICK, Run, RunConfig
+from prunekit.resume import PhaseCheckpoints, read_resume
 from prunekit.training import no_progress
 
 
@@ -19,9 +23,29 @@ def digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
+def die_after_checkpoint(number: int) -> None:
+    """Every rank ends at once (no clean-up, as a killed job) after its ``number``-th
+    checkpoint."""
+    original, written = PhaseCheckpoints.write, []
+
+    def write(self, state):
+        original(self, state)
+        written.append(state.step)
+        if len(written) == number:
+            os._exit(9)
+    PhaseCheckpoints.write = write
+
+
 def main() -> None:
     folder, settings = Path(sys.argv[1]), json.loads(sys.argv[2])
-    run = Run(RunConfig(**{**QUICK, **settings}), no_progress)
+    if "die_after_checkpoint" in settings:
+        die_after_checkpoint(settings.pop("die_after_checkpoint"))
+    if settings.pop("resume", False):
+        state = read_resume(settings["out"])
+        run = Run(RunConfig(**{**state["config"], "out": settings["out"]}), no_progress,
+                  resume=state)
+    else:
+        run = Run(RunConfig(**{**QUICK, **settings}), no_progress)
     try:
         run.prepare()
         run.out_dir.mkdir(parents=True, exist_ok=True)

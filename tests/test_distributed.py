@@ -81,3 +81,22 @@ def test_nproc_under_torchrun_is_refused(monkeypatch, capsys, tmp_path):
 def test_the_launch_drops_nproc_in_either_spelling():
     assert without_option(["run", "--nproc", "2", "--quick"], "--nproc") == ["run", "--quick"]
     assert without_option(["run", "--nproc=2", "--out", "x"], "--nproc") == ["run", "--out", "x"]
+
+
+def test_a_killed_two_process_run_resumes_to_the_same_end(tmp_path):
+    settings = {"mode": "dynamic", "score_batches": 4, "iterations": 6, "update_interval": 2,
+                "update_end": 1.0, "checkpoint_every": 2}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir()
+    killed.mkdir()
+    done = torchrun(str(WORKER), str(whole), json.dumps({**settings, "out": str(whole / "run")}))
+    assert done.returncode == 0, done.stderr[-3000:]
+    dying = {**settings, "out": str(killed / "run"), "die_after_checkpoint": 2}
+    assert torchrun(str(WORKER), str(killed), json.dumps(dying)).returncode != 0
+    assert (killed / "run" / "resume.pt").is_file() and not list(killed.glob("rank*.json"))
+    resumed = torchrun(str(WORKER), str(killed),
+                       json.dumps({"out": str(killed / "run"), "resume": True}))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for rank in (0, 1):
+        expected = json.loads((whole / f"rank{rank}.json").read_text())
+        assert json.loads((killed / f"rank{rank}.json").read_text()) == expected
