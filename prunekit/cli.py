@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -146,7 +147,9 @@ def config_from(ctx, quick: bool, options: dict, config_file: str | None = None)
     given = given_options(ctx, options)
     if "lr" in given:  # one rate, or a retraining sweep whose first rate trains the rest
         rates = given.pop("lr")
-        given.update(lr=rates[0], retrain_lrs=rates if len(rates) > 1 else None)
+        given["lr"] = rates[0]
+        if len(rates) > 1:
+            given["retrain_lrs"] = rates
     from_file = read_config_file(config_file) if config_file else {}
     return RunConfig(**{**DEFAULTS, **(QUICK if quick else {}), **from_file, **given})
 
@@ -245,6 +248,8 @@ def compare_command(ctx, methods, seeds, quick, progress, **options):
     """
     from .compare import compare, parse_methods
 
+    if distributed.launched():
+        raise PrunekitError("prunekit compare runs in one process; start it without torchrun")
     result = compare(config_from(ctx, quick, options), parse_methods(methods), seeds,
                      show_progress=progress,
                      warn=lambda message: echo_err(f"warning: {message}"),
@@ -365,7 +370,17 @@ def launch_processes(count: int, args: list[str]) -> int:
     # the machine's cores shared out (torchrun would give each process one thread, and say so)
     threads = str(max(1, (os.cpu_count() or 1) // count))
     environment = {"OMP_NUM_THREADS": threads, **os.environ}
-    return subprocess.run(command, env=environment).returncode
+    launcher = subprocess.Popen(command, env=environment)
+    # SIGTERM to this process goes on to torchrun, which stops the ranks (each checkpoints);
+    # Ctrl-C reaches them all through the terminal, so this process only waits
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM,
+                                              lambda signum, frame: launcher.terminate()),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    try:
+        return launcher.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def without_option(args: list[str], name: str) -> list[str]:

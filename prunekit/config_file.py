@@ -23,8 +23,10 @@ FIELD_TYPES = typing.get_type_hints(RunConfig)
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The file's settings as RunConfig keyword arguments."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PrunekitError(f"config file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise PrunekitError(f"config file {str(path)!r} is not a file")
     settings = parse(path)
     if not isinstance(settings, dict):
         raise PrunekitError(f"config file {str(path)!r} must hold one table of settings "
@@ -40,6 +42,9 @@ def parse(path: Path) -> Any:
             with path.open("rb") as file:
                 return tomllib.load(file)
         return json.loads(path.read_text())
+    except OSError as exc:
+        raise PrunekitError(f"config file {str(path)!r} could not be read: "
+                            f"{exc.strerror or one_line(exc, 200)}") from exc
     except (ValueError, UnicodeDecodeError) as exc:  # JSON, TOML and encoding errors
         raise PrunekitError(f"config file {str(path)!r} is not valid "
                             f"{'TOML' if toml else 'JSON'}: {one_line(exc, 200)}") from exc

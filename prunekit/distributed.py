@@ -8,7 +8,9 @@ copies of the run. Every rank walks the same seeded batch order and keeps every 
   (``sum_across``) before anything else, so every rank thresholds the same scores and gets the
   same masks as one process over the same batches;
 - training: DistributedDataParallel averages the gradients, the masks are applied on every
-  rank, and mask updates (RigL) are made on rank 0 and sent to the others (``from_writer``);
+  rank; RigL's grow scores are summed over the ranks' batches and rank 0's new masks are sent
+  to the others (``from_writer``); the losses that adaptive task weights follow are averaged
+  over the ranks (``mean_across``), so every rank weighs the tasks alike;
 - outputs: only rank 0 (``is_writer``) writes files and prints.
 
 Without torchrun (``WORLD_SIZE`` unset or 1) every function here is the one-process case.
@@ -31,12 +33,17 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 without torchrun), before joining the group."""
+    return int(os.environ.get("RANK", "0")) if launched() else 0
+
+
 def start(device: torch.device) -> torch.device:
     """Join torchrun's process group (gloo on CPU, NCCL on CUDA) and return this rank's device
     (``cuda`` becomes ``cuda:LOCAL_RANK``); the device unchanged when not launched."""
     if not launched():
         return device
-    if device.type == "cuda" and device.index is None:
+    if device.type == "cuda":  # one GPU per process, whatever index was asked for
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -90,12 +97,26 @@ def sum_across(tensors: Iterable[torch.Tensor]) -> None:
         tensor.copy_(summed.view_as(tensor))
 
 
+def mean_across(values: dict[str, float]) -> dict[str, float]:
+    """Each value averaged over the ranks."""
+    if not active():
+        return values
+    names = sorted(values)
+    flat = torch.tensor([values[name] for name in names], dtype=torch.float64,
+                        device=collective_device())
+    dist.all_reduce(flat)
+    return {name: float(value) / world_size() for name, value in zip(names, flat.tolist())}
+
+
+def collective_device() -> str:
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces CUDA tensors only
+
+
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` is true on any rank (so that every rank takes the same branch)."""
     if not active():
         return flag
-    on_gpu = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
-    value = torch.tensor([int(flag)], device="cuda" if on_gpu else "cpu")
+    value = torch.tensor([int(flag)], device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 

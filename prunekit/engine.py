@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import shutil
 import sys
 import tempfile
@@ -170,6 +171,14 @@ class RunConfig:
         return [name for name in given if name in specific and name not in self.options_used()]
 
     def validate(self) -> None:
+        for setting in dataclasses.fields(self):
+            value = getattr(self, setting.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise PrunekitError(f"{setting.name.replace('_', ' ')} must be a finite number, "
+                                    f"got {value}")
+        if self.image_size is not None and min(self.image_size) < 8:
+            raise PrunekitError(f"images must be at least 8x8, got "
+                                f"{'x'.join(map(str, self.image_size))}")
         if not self.dense:
             check_sparsity(self.sparsity)
         if not self.tasks:
@@ -342,6 +351,8 @@ class Run:
         self.timings: dict[str, float] = {}
         self.achieved_sparsity: dict | None = None  # set by modes that remove whole channels
         self.started = time.perf_counter()
+        if distributed.launched_rank() != 0:  # under torchrun rank 0 alone prints
+            self.progress, self.print_warning = no_progress, lambda message: None
         self.resume = resume      # the checkpoint of a stopped run (prunekit.resume)
         self.elapsed_before = resume["elapsed"] if resume else 0.0
         self.prunes: list[dict] = []  # every prune's masks so far, for checkpoints
@@ -410,13 +421,18 @@ class Run:
         self.joined_group = distributed.launched() and not distributed.active()
         self.device = distributed.start(self.device)
         self.writer = distributed.is_writer()
-        self.baseline = load_baseline(config.baseline) if config.baseline else None
         if self.writer:
             self.out_dir = (Path(config.out) if config.out
                             else default_out_dir(config, self.per_task))
-        else:  # the other ranks of a torchrun launch write into a folder removed at the end
+        else:  # the other ranks of a torchrun launch keep their few files in a folder that is
+            # removed at the end
             self.out_dir = Path(tempfile.mkdtemp(prefix=f"prunekit-rank{distributed.rank()}-"))
-            self.progress, self.print_warning = no_progress, lambda message: None
+        if self.resume is not None and self.resume["world_size"] != distributed.world_size():
+            raise PrunekitError(f"the run was checkpointed in {self.resume['world_size']} "
+                                f"process(es); resume it in as many (--nproc)")
+        if self.resume is None and self.writer:  # a folder used again: not the old run's
+            (self.out_dir / RESUME_FILE).unlink(missing_ok=True)
+        self.baseline = load_baseline(config.baseline) if config.baseline else None
         with timed(self.timings, "setup"):
             self.build()
             if config.retrain_from_scratch:
@@ -549,6 +565,9 @@ class Run:
                 raise self.with_checkpoint_kept(error) from error
             finally:
                 self.stop.in_training = False
+            if self.stop.requested:  # SIGTERM after the phase's last step was checked
+                raise RunStopped(f"stopped by SIGTERM at the end of {phase}; resume with: "
+                                 f"prunekit run --resume {self.out_dir}")
             # DistributedDataParallel hands rank 0's buffers (BatchNorm statistics) to the
             # others before each forward; after the last one each rank has its own
             distributed.from_writer(self.model.buffers())
@@ -615,7 +634,9 @@ class Run:
                                              "final_weights": self.task_weights.weights}
         if self.baseline:
             self.report["delta_t"] = delta_t(metrics, self.baseline["metrics"], self.tasks)
-        save_torch(self.out_dir / "checkpoint.pt", self.checkpoint(masks))
+        self.final_masks = masks
+        if self.writer:
+            save_torch(self.out_dir / "checkpoint.pt", self.checkpoint(masks))
         return self.report
 
     def requested_sparsity(self) -> float | None:
@@ -642,7 +663,7 @@ class Run:
 
     def leave(self) -> None:
         """Remove a non-writing rank's folder and leave the process group this run joined."""
-        if not getattr(self, "writer", True):
+        if not getattr(self, "writer", True) and hasattr(self, "out_dir"):
             shutil.rmtree(self.out_dir, ignore_errors=True)
         if getattr(self, "joined_group", False):
             distributed.stop()
@@ -661,7 +682,8 @@ class Run:
     def write_report(self, complete: bool) -> None:
         self.report["timings"] = {**self.timings, "total": self.elapsed()}
         self.report["complete"] = complete
-        write_json(self.out_dir / "report.json", self.report)
+        if self.writer:
+            write_json(self.out_dir / "report.json", self.report)
 
 
 def run(config: RunConfig, show_progress: bool = False, warn=print_warning,
@@ -679,7 +701,10 @@ def run(config: RunConfig, show_progress: bool = False, warn=print_warning,
             with current.stop:
                 current.execute()
         except BaseException as error:  # record the failure, then let the caller report it
-            current.finish(error)
+            try:
+                current.finish(error)
+            except PrunekitError:  # no report.json either (a full disk): the first error tells
+                pass
             raise
         current.finish(None)
         return RunResult(current.report, current.out_dir, current.writer)

@@ -31,8 +31,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         if temporary is not None:
             Path(temporary).unlink(missing_ok=True)
         if isinstance(exc, OSError):
+            other = exc.filename and str(exc.filename) not in (str(temporary), str(path))
             raise PrunekitError(f"could not write {str(path)!r}: "
-                                f"{exc.strerror or one_line(exc, 200)}") from exc
+                                f"{exc.strerror or one_line(exc, 200)}"
+                                + (f" ({exc.filename})" if other else "")) from exc
         raise
 
 

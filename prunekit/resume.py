@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 RESUME_FILE = "resume.pt"
 FORMAT = 1
-CONTENTS = ("config", "phase", "resumption", "model", "masks", "prunes", "hooks", "report",
+CONTENTS = ("config", "world_size", "phase", "resumption", "model", "masks", "prunes", "hooks", "report",
             "timings", "elapsed")
 
 
@@ -82,22 +83,26 @@ class StopRequest:
     def __init__(self):
         self.requested = False
         self.in_training = False
+        self.installed = False
         self.previous = None
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGTERM, self.handle)
+            self.installed = True
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        if self.installed:  # None: a handler set outside Python, restored as the default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None
+                          else self.previous)
+            self.installed = False
 
     def handle(self, signum, frame) -> None:
         self.requested = True
         if not self.in_training:
-            raise RunStopped("stopped by SIGTERM before training could be checkpointed; "
-                             "nothing to resume from this point")
+            raise RunStopped("stopped by SIGTERM outside a training step (no new checkpoint); "
+                             "a run that wrote one goes on with prunekit run --resume")
 
 
 class PhaseCheckpoints(Checkpoints):
@@ -108,6 +113,7 @@ class PhaseCheckpoints(Checkpoints):
         self.masks, self.after_step = masks, after_step
         self.every = run.config.checkpoint_every
         self.stopping = False
+        self.started = time.perf_counter()
 
     def due(self, steps_done: int) -> bool:
         stop = distributed.any_rank(self.run.stop.requested)
@@ -120,15 +126,20 @@ class PhaseCheckpoints(Checkpoints):
             save_torch(run.out_dir / RESUME_FILE, {
                 "format": FORMAT,
                 "config": dataclasses.asdict(run.config),
+                "world_size": distributed.world_size(),
                 "phase": self.phase,
-                "resumption": dataclasses.asdict(state),
+                # fields, not asdict: that would copy the optimiser's state first
+                "resumption": {f.name: getattr(state, f.name)
+                               for f in dataclasses.fields(state)},
                 "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
                 "masks": ({k: m.cpu() for k, m in self.masks.named_masks().items()}
                           if self.masks is not None else None),
                 "prunes": run.prunes,
                 "hooks": {name: hook.state_dict() for name, hook in self.hooks().items()},
                 "report": run.report,
-                "timings": run.timings,
+                "timings": {**run.timings,  # with this phase's seconds so far
+                            self.label: round(run.timings.get(self.label, 0.0)
+                                              + time.perf_counter() - self.started, 3)},
                 "elapsed": run.elapsed(),
             })
             run.write_report(complete=False)

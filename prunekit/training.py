@@ -172,7 +172,9 @@ def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, itera
             masks.zero_pruned()
         if after_step is not None:
             after_step(step, batch, optimiser)
-        history.append({name: float(loss.detach()) for name, loss in losses.items()})
+        # under torchrun the mean over the ranks, so that every rank weighs the tasks alike
+        history.append(distributed.mean_across(
+            {name: float(loss.detach()) for name, loss in losses.items()}))
         if task_weights is not None:
             task_weights.update(history[-1])
         if checkpoints is not None and checkpoints.due(step + 1):

@@ -49,9 +49,8 @@ def main() -> None:
     try:
         run.prepare()
         run.out_dir.mkdir(parents=True, exist_ok=True)
-        run.execute()  # every rank writes its checkpoint: rank 0 into --out, the others into
-        # a folder of their own, removed by leave()
-        masks = torch.load(run.out_dir / "checkpoint.pt", weights_only=True)["masks"]
+        run.execute()
+        masks = run.final_masks
         hashes = {"model": {k: digest(v) for k, v in run.model.state_dict().items()},
                   "masks": {k: digest(v) for k, v in masks.items()},
                   "world_size": distributed.world_size()}

@@ -2,6 +2,7 @@
 written before is lost."""
 import copy
 import errno
+import io
 import json
 import pickle
 from pathlib import Path
@@ -55,6 +56,8 @@ BAD_CONFIGS = {
     "not JSON": ("run.json", '{"sparsity": 0.5,', "is not valid JSON"),
     "not TOML": ("run.toml", 'sparsity = = 0.5', "is not valid TOML"),
     "not an object": ("run.json", '[1, 2]', "must hold one table of settings"),
+    "not a number": ("run.json", '{"theta_decay": NaN}', "theta decay must be a finite number"),
+    "tiny images": ("run.json", '{"image_size": [4, 40]}', "images must be at least 8x8"),
 }
 
 
@@ -67,9 +70,11 @@ def test_bad_config_files_are_one_line(capsys, tmp_path, name, text, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_missing_config_file(capsys, tmp_path):
+def test_a_missing_config_file_or_a_folder(capsys, tmp_path):
     code, _, err = run_quick(capsys, tmp_path / "run", "--config", str(tmp_path / "none.toml"))
     assert code == 2 and "does not exist" in one_error_line(err)
+    code, _, err = run_quick(capsys, tmp_path / "run", "--config", str(tmp_path))
+    assert code == 2 and "is not a file" in one_error_line(err)
 
 
 def test_config_file_settings_and_the_command_line_winning(capsys, tmp_path):
@@ -133,16 +138,27 @@ def test_a_loss_that_becomes_nan_keeps_the_last_checkpoint(capsys, tmp_path, mon
     assert json.loads((out_dir / "report.json").read_text())["complete"] is False
 
 
+class FullDisk(io.RawIOBase):
+    """A file on a disk with no space left: every write fails as the system's would."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(capsys, tmp_path,
                                                                    monkeypatch):
-    original, saves = torch.save, []
+    original, opened = Path.open, []
 
-    def save(data, file, *args, **kwargs):
-        saves.append(file)
-        if len(saves) == 3:  # the third checkpoint finds the disk full
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(data, file, *args, **kwargs)
-    monkeypatch.setattr(torch, "save", save)
+    def open_(self, mode="r", *args, **kwargs):
+        if self.name.startswith(f".{RESUME_FILE}.") and "w" in mode:
+            opened.append(self)
+            if len(opened) == 3:  # the third checkpoint finds the disk full
+                return FullDisk()
+        return original(self, mode, *args, **kwargs)
+    monkeypatch.setattr(Path, "open", open_)
     out_dir = tmp_path / "run"
     code, _, err = run_quick(capsys, out_dir, "--iterations", "6", "--checkpoint-every", "1")
     assert code == 2
@@ -217,6 +233,15 @@ def test_a_resume_checkpoint_of_another_model(capsys, stopped_run):
     code, _, err = invoke(capsys, "run", "--resume", str(stopped_run))
     assert code == 2 and "does not fit the run it describes" in one_error_line(err)
     assert path.is_file()  # nothing lost
+
+
+def test_a_resume_in_another_number_of_processes(capsys, stopped_run):
+    path = stopped_run / RESUME_FILE
+    state = torch.load(path, weights_only=True)
+    state["world_size"] = 2
+    torch.save(state, path)
+    code, _, err = invoke(capsys, "run", "--resume", str(stopped_run))
+    assert code == 2 and "checkpointed in 2 process(es)" in one_error_line(err)
 
 
 def test_resume_refuses_other_settings_and_finished_runs(capsys, stopped_run):

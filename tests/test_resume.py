@@ -58,10 +58,11 @@ SETTINGS = {
                              prune_rounds=2, rewind=True),
     "dynamic": dict(mode="dynamic", iterations=6, update_interval=2, update_end=1.0),
     "adaptive weights": dict(iterations=6, task_weighting="adaptive", window=2),
+    "dense": dict(iterations=6, dense=True),
 }
 # (settings, which checkpoint the kill follows): checkpoints come every 2 steps of each phase
 CASES = [("static", 2), ("pretrained", 1), ("pretrained", 3), ("iterative", 4),
-         ("iterative-rewind", 3), ("dynamic", 2), ("adaptive weights", 1)]
+         ("iterative-rewind", 3), ("dynamic", 2), ("adaptive weights", 1), ("dense", 2)]
 
 
 @pytest.mark.parametrize("name, kill_at", CASES, ids=[f"{n}, kill {k}" for n, k in CASES])
@@ -83,7 +84,7 @@ def test_a_killed_and_resumed_run_ends_as_one_never_killed(tmp_path, monkeypatch
 
 def test_sigterm_stops_with_a_checkpoint_and_the_run_resumes(tmp_path):
     folder = tmp_path / "run"
-    command = [sys.executable, "-m", "prunekit", "run", "--quick", "--iterations", "60",
+    command = [sys.executable, "-m", "prunekit", "run", "--quick", "--iterations", "100",
                "--checkpoint-every", "2", "--out", str(folder)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
