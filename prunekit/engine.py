@@ -30,7 +30,7 @@ from .layout import ResolvedLayout
 from .masks import AppliedMasks, dense_masks, sparsity_summary
 from .modes import MODES
 from .pruning import PruneResult
-from .models import build_model
+from .models import build_model, model_layout
 from .registry import default_registry, plugin_info
 from .models.surgery import kept_channels, shrink_to
 from .report import delta_t, load_baseline
@@ -485,7 +485,7 @@ class Run:
 
     def relayout(self) -> None:
         """Resolve the layout against the model's current modules (after filter removal too)."""
-        self.layout = self.model.layout().for_tasks(self.config.tasks).resolve(self.model)
+        self.layout = model_layout(self.model).for_tasks(self.config.tasks).resolve(self.model)
 
     def loader(self, dataset, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.config.seed)

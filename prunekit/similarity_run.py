@@ -13,7 +13,7 @@ from .data import build_dataset
 from .engine import DEFAULT_TASKS, Batches, check_out_dir, fresh_run_dir, resolve_device
 from .errors import PrunekitError
 from .files import atomic_write, write_json
-from .models import build_model
+from .models import build_model, model_layout
 from .plots import save_layer_iou, save_similarity_heatmap
 from .similarity import (DEFAULT_METRICS, DEFAULT_SPARSITIES, check_request,
                          compare_subnetworks, score_tasks, summarise)
@@ -81,7 +81,7 @@ def compute(config: SimilarityConfig, progress=no_progress) -> dict:
     for seed in range(config.seed, config.seed + config.seeds):
         torch.manual_seed(seed)
         model = build_model(config.model, channels, config.width).to(device)
-        layout = model.layout().for_tasks(config.tasks).resolve(model)
+        layout = model_layout(model).for_tasks(config.tasks).resolve(model)
         loader = torch.utils.data.DataLoader(
             data, batch_size=config.batch_size, shuffle=True,
             generator=torch.Generator().manual_seed(seed))

@@ -1,5 +1,6 @@
 """Models by name. A builder takes {task: output channels} and a width multiplier and returns a
-model whose ``layout()`` declares its shared trunk and per-task heads."""
+model whose ``layout()`` declares its shared trunk and per-task heads. A name ``MODULE:FUNCTION``
+is the user's own builder (``prunekit.models.user``)."""
 from __future__ import annotations
 
 from typing import Callable, Mapping
@@ -8,6 +9,7 @@ from torch import nn
 
 from ..errors import UnknownNameError
 from .deeplab import MultiTaskDeepLab, deeplab_resnet34
+from .user import build_user_model, is_user_model, model_layout
 
 MODELS: dict[str, Callable[[Mapping[str, int], float], nn.Module]] = {
     "deeplab-resnet34": deeplab_resnet34,
@@ -15,9 +17,11 @@ MODELS: dict[str, Callable[[Mapping[str, int], float], nn.Module]] = {
 
 
 def build_model(name: str, task_channels: Mapping[str, int], width: float = 1.0) -> nn.Module:
+    if is_user_model(name):
+        return build_user_model(name, task_channels, width)
     if name not in MODELS:
         raise UnknownNameError("model", name, MODELS)
     return MODELS[name](task_channels, width)
 
 
-__all__ = ["MODELS", "build_model", "MultiTaskDeepLab", "deeplab_resnet34"]
+__all__ = ["MODELS", "build_model", "model_layout", "MultiTaskDeepLab", "deeplab_resnet34"]
