@@ -58,8 +58,8 @@ DATA_AND_TRAINING_OPTIONS = options(
     click.option("--tasks", callback=comma_list, default=",".join(DEFAULTS["tasks"]),
                  show_default=True, help="Comma-separated tasks: seg, depth, normal."),
     click.option("--model", default=DEFAULTS["model"], show_default=True,
-                 help="deeplab-resnet34, or your own builder as MODULE:FUNCTION or "
-                      "FILE.py:FUNCTION (see docs/cli.md)."),
+                 help="deeplab-resnet34, deeplab-resnet50, vgg16, mobilenetv2, or your own "
+                      "builder as MODULE:FUNCTION or FILE.py:FUNCTION (see docs/cli.md)."),
     click.option("--width", type=float, default=DEFAULTS["width"], show_default=True,
                  help="Channel width multiplier of the model."),
     click.option("--dataset", default=DEFAULTS["dataset"], show_default=True,

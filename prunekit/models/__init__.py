@@ -8,11 +8,15 @@ from typing import Callable, Mapping
 from torch import nn
 
 from ..errors import UnknownNameError
-from .deeplab import MultiTaskDeepLab, deeplab_resnet34
+from .backbones import mobilenetv2, vgg16
+from .deeplab import MultiTaskDeepLab, deeplab_resnet34, deeplab_resnet50
 from .user import build_user_model, is_user_model, model_layout
 
 MODELS: dict[str, Callable[[Mapping[str, int], float], nn.Module]] = {
     "deeplab-resnet34": deeplab_resnet34,
+    "deeplab-resnet50": deeplab_resnet50,
+    "vgg16": vgg16,
+    "mobilenetv2": mobilenetv2,
 }
 
 

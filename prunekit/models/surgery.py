@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from ..errors import PrunekitError, UnknownNameError
-from .deeplab import ASPPBranch, ASPPHead, BasicBlock, DilatedResNet, MultiTaskDeepLab
+from .deeplab import (ASPPBranch, ASPPHead, BasicBlock, Bottleneck, DilatedResNet,
+                      MultiTaskDeepLab)
 
 # {channel group name: bool tensor of shape (channels,), True = keep}
 FilterMasks = dict[str, torch.Tensor]
@@ -75,7 +76,7 @@ def _stream_groups(prefix: str, net: DilatedResNet,
                           [(_join(prefix, "conv1.weight"), net.conv1, net.bn1)])
     streams = [stream]
     for name, block in net.named_modules(prefix=prefix):
-        if not isinstance(block, BasicBlock):
+        if not isinstance(block, (BasicBlock, Bottleneck)):
             continue
         stream.readers.append(block.conv1)
         if block.downsample is not None:
@@ -83,7 +84,9 @@ def _stream_groups(prefix: str, net: DilatedResNet,
             name0 = _join(name, "downsample.0.weight")
             stream = ChannelGroup(name0, [(name0, block.downsample[0], block.downsample[1])])
             streams.append(stream)
-        stream.producers.append((_join(name, "conv2.weight"), block.conv2, block.bn2))
+        last = "conv3" if isinstance(block, Bottleneck) else "conv2"  # adds to the stream
+        stream.producers.append((_join(name, f"{last}.weight"), getattr(block, last),
+                                 getattr(block, last.replace("conv", "bn"))))
     if output_readers is None:
         return streams[:-1]
     stream.readers.extend(output_readers)
@@ -107,6 +110,11 @@ def channel_groups(model: nn.Module) -> list[ChannelGroup]:
             weight = _join(name, "conv1.weight")
             groups.append(ChannelGroup(weight, [(weight, module.conv1, module.bn1)],
                                        [module.conv2]))
+        elif isinstance(module, Bottleneck):
+            for index, reader in ((1, module.conv2), (2, module.conv3)):
+                weight = _join(name, f"conv{index}.weight")
+                groups.append(ChannelGroup(weight, [(weight, getattr(module, f"conv{index}"),
+                                                     getattr(module, f"bn{index}"))], [reader]))
         elif isinstance(module, ASPPBranch):
             for conv, reader in ((0, 3), (3, 6)):
                 weight = _join(name, f"{conv}.weight")
