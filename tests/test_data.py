@@ -1,4 +1,4 @@
-"""The embedded synthetic scenes and the NYUv2 .npy loader."""
+"""The embedded synthetic scenes and the .npy loaders (NYUv2, Cityscapes)."""
 import numpy as np
 import pytest
 import torch
@@ -99,3 +99,59 @@ def test_nyuv2_errors_are_clear(tmp_path):
     (tmp_path / "train" / "image").mkdir(parents=True)
     with pytest.raises(PrunekitError, match="lacks the folder"):
         build_dataset("nyuv2", "train", str(tmp_path))
+
+
+def write_cityscapes(root, split, count, size=(8, 16)):
+    rng = np.random.default_rng(1)
+    for folder in ("image", "label_19", "label_7", "depth"):
+        (root / split / folder).mkdir(parents=True)
+    for i in range(count):
+        np.save(root / split / "image" / f"{i}.npy", rng.random((*size, 3), dtype=np.float32))
+        for folder, classes in (("label_19", 19), ("label_7", 7)):
+            labels = rng.integers(-1, classes, size).astype(np.float32)  # -1: void
+            np.save(root / split / folder / f"{i}.npy", labels)
+        depth = rng.random((*size, 1), dtype=np.float32)
+        depth[0] = 0  # invalid pixels
+        np.save(root / split / "depth" / f"{i}.npy", depth)
+
+
+@pytest.mark.parametrize("name, folder, classes", [("cityscapes", "label_19", 19),
+                                                   ("cityscapes-7", "label_7", 7)])
+def test_cityscapes_npy_layout(tmp_path, name, folder, classes):
+    write_cityscapes(tmp_path, "train", 3)
+    write_cityscapes(tmp_path, "val", 2)
+    train = build_dataset(name, "train", str(tmp_path))
+    assert len(train) == 3 and len(build_dataset(name, "val", str(tmp_path))) == 2
+    assert train.num_classes == classes and train.tasks == ("seg", "depth")
+    sample = train[2]
+    assert set(sample) == {"image", "seg", "depth"}
+    assert sample["image"].shape == (3, 8, 16) and sample["image"].dtype == torch.float32
+    assert sample["seg"].dtype == torch.int64 and sample["depth"].shape == (1, 8, 16)
+    raw = np.load(tmp_path / "train" / folder / "2.npy")
+    assert (sample["seg"][torch.from_numpy(raw < 0)] == IGNORE_INDEX).all()
+    assert torch.equal(sample["seg"][torch.from_numpy(raw >= 0)],
+                       torch.from_numpy(raw[raw >= 0]).long())
+    assert (sample["depth"][:, 0] == 0).all()  # invalid depth stays 0: left out by the task
+    resized = build_dataset(name, "train", str(tmp_path), size=(4, 8))[0]
+    assert resized["seg"].shape == (4, 8) and resized["depth"].shape == (1, 4, 8)
+
+
+def test_cityscapes_errors_and_tasks_it_lacks(tmp_path, capsys):
+    with pytest.raises(PrunekitError, match="needs --data-root"):
+        build_dataset("cityscapes", "train", None)
+    (tmp_path / "train" / "image").mkdir(parents=True)
+    with pytest.raises(PrunekitError, match="lacks the folder.*label_19, depth"):
+        build_dataset("cityscapes", "train", str(tmp_path))
+    from prunekit.cli import main
+    root = tmp_path / "cs"
+    write_cityscapes(root, "train", 4)
+    write_cityscapes(root, "val", 2)
+    with pytest.raises(SystemExit) as exit_:  # the default tasks include normals
+        main(["run", "--quick", "--dataset", "cityscapes", "--data-root", str(root), "--out",
+              str(tmp_path / "run")])
+    assert exit_.value.code == 2
+    assert "no targets for task(s) normal; its tasks: seg, depth" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--quick", "--dataset", "cityscapes", "--data-root", str(root), "--tasks",
+              "seg,depth", "--image-size", "16x32", "--out", str(tmp_path / "run")])
+    assert exit_.value.code == 0, capsys.readouterr().err

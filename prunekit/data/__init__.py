@@ -6,13 +6,15 @@ from typing import Callable
 from torch.utils.data import Dataset
 
 from ..errors import PrunekitError, UnknownNameError
+from .cityscapes import Cityscapes, Cityscapes7
 from .nyuv2 import NYUv2
 from .synthetic import NYU13_CLASSES, SyntheticIndoorScenes
 
 SYNTHETIC_TRAIN_LENGTH = 2000
 SYNTHETIC_VAL_LENGTH = 128
 # Each dataset's own image size (height, width), used when a run gives no --image-size.
-NATIVE_SIZES = {"synthetic": (64, 80), "nyuv2": (288, 384)}
+NATIVE_SIZES = {"synthetic": (64, 80), "nyuv2": (288, 384), "cityscapes": (128, 256),
+                "cityscapes-7": (128, 256)}
 
 
 def synthetic(root, split, size, seed) -> Dataset:
@@ -26,7 +28,21 @@ def nyuv2(root, split, size, seed) -> Dataset:
     return NYUv2(root, split, size)
 
 
-DATASETS: dict[str, Callable[..., Dataset]] = {"synthetic": synthetic, "nyuv2": nyuv2}
+def cityscapes(root, split, size, seed) -> Dataset:
+    if not root:
+        raise PrunekitError("--dataset cityscapes needs --data-root PATH")
+    return Cityscapes(root, split, size)
+
+
+def cityscapes7(root, split, size, seed) -> Dataset:
+    if not root:
+        raise PrunekitError("--dataset cityscapes-7 needs --data-root PATH")
+    return Cityscapes7(root, split, size)
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {"synthetic": synthetic, "nyuv2": nyuv2,
+                                               "cityscapes": cityscapes,
+                                               "cityscapes-7": cityscapes7}
 
 
 def build_dataset(name: str, split: str, root=None, size=None, seed: int = 0) -> Dataset:
@@ -36,4 +52,5 @@ def build_dataset(name: str, split: str, root=None, size=None, seed: int = 0) ->
     return DATASETS[name](root, split, size, seed)
 
 
-__all__ = ["DATASETS", "NATIVE_SIZES", "build_dataset", "NYUv2", "SyntheticIndoorScenes", "NYU13_CLASSES"]
+__all__ = ["DATASETS", "NATIVE_SIZES", "build_dataset", "Cityscapes", "Cityscapes7", "NYUv2",
+           "SyntheticIndoorScenes", "NYU13_CLASSES"]

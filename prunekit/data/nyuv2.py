@@ -21,7 +21,6 @@ from torch.utils.data import Dataset
 from ..errors import PrunekitError
 from .synthetic import IGNORE_INDEX, NYU13_CLASSES
 
-FOLDERS = ("image", "label", "depth", "normal")
 SPLIT_FOLDERS = {"train": "train", "val": "val"}
 
 
@@ -30,23 +29,33 @@ def channels_first(array: np.ndarray) -> torch.Tensor:
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
 
 
-class NYUv2(Dataset):
-    num_classes = len(NYU13_CLASSES)
-    class_names = NYU13_CLASSES
+class NumpyFolders(Dataset):
+    """ROOT/{train,val}/FOLDER/INDEX.npy for the image and each task's target; ``targets`` maps
+    tasks to folders. Labels below 0 (unlabelled, void) become ``IGNORE_INDEX``."""
+
+    dataset_name = ""
+    targets: dict[str, str] = {}
+    num_classes = 0
+    class_names: tuple[str, ...] = ()
 
     def __init__(self, root: str | Path, split: str = "train", size: tuple[int, int] | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise PrunekitError(f"NYUv2 data root {str(self.root)!r} does not exist")
+            raise PrunekitError(f"{self.dataset_name} data root {str(self.root)!r} does not exist")
         self.folder = self.root / SPLIT_FOLDERS[split]
-        missing = [f for f in FOLDERS if not (self.folder / f).is_dir()]
+        folders = ("image", *self.targets.values())
+        missing = [f for f in folders if not (self.folder / f).is_dir()]
         if missing:
             raise PrunekitError(f"{str(self.folder)!r} lacks the folder(s) {', '.join(missing)}; "
-                                "expected the preprocessed .npy layout (image, label, depth, normal)")
+                                f"expected the preprocessed .npy layout ({', '.join(folders)})")
         self.length = len(list((self.folder / "image").glob("*.npy")))
         if self.length == 0:
             raise PrunekitError(f"no .npy images in {str(self.folder / 'image')!r}")
         self.size = tuple(size) if size else None
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.targets)
 
     def __len__(self) -> int:
         return self.length
@@ -60,14 +69,21 @@ class NYUv2(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(index)
-        label = torch.from_numpy(self.load("label", index).astype(np.int64))
-        sample = {
-            "image": channels_first(self.load("image", index)),
-            "seg": label.masked_fill(label < 0, IGNORE_INDEX),
-            "depth": channels_first(self.load("depth", index)),
-            "normal": channels_first(self.load("normal", index)),
-        }
+        sample = {"image": channels_first(self.load("image", index))}
+        for task, folder in self.targets.items():
+            if task == "seg":
+                label = torch.from_numpy(self.load(folder, index).astype(np.int64))
+                sample[task] = label.masked_fill(label < 0, IGNORE_INDEX)
+            else:
+                sample[task] = channels_first(self.load(folder, index))
         return resize(sample, self.size) if self.size else sample
+
+
+class NYUv2(NumpyFolders):
+    dataset_name = "NYUv2"
+    targets = {"seg": "label", "depth": "depth", "normal": "normal"}
+    num_classes = len(NYU13_CLASSES)
+    class_names = NYU13_CLASSES
 
 
 def resize(sample: dict, size: tuple[int, int]) -> dict:
@@ -75,10 +91,11 @@ def resize(sample: dict, size: tuple[int, int]) -> dict:
     def nearest(t: torch.Tensor) -> torch.Tensor:
         return F.interpolate(t[None].float(), size=size, mode="nearest")[0]
 
-    return {
-        "image": F.interpolate(sample["image"][None], size=size, mode="bilinear",
-                               align_corners=False)[0],
-        "seg": nearest(sample["seg"][None])[0].long(),
-        "depth": nearest(sample["depth"]),
-        "normal": nearest(sample["normal"]),
-    }
+    resized = {"image": F.interpolate(sample["image"][None], size=size, mode="bilinear",
+                                      align_corners=False)[0]}
+    for task, target in sample.items():
+        if task == "seg":
+            resized[task] = nearest(target[None])[0].long()
+        elif task != "image":
+            resized[task] = nearest(target)
+    return resized

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from ..errors import UnknownNameError
+from ..errors import PrunekitError, UnknownNameError
 from .base import Meter, Task
 from .depth import DepthTask
 from .normal import NormalTask
@@ -26,6 +26,12 @@ def build_tasks(names: Sequence[str], dataset) -> dict[str, Task]:
     for name in names:
         if name not in TASK_BUILDERS:
             raise UnknownNameError("task", name, TASK_BUILDERS)
+    offered = getattr(dataset, "tasks", None)  # datasets that lack some targets say which
+    if offered is not None:
+        missing = [name for name in names if name not in offered]
+        if missing:
+            raise PrunekitError(f"the dataset has no targets for task(s) {', '.join(missing)}; "
+                                f"its tasks: {', '.join(offered)} (see --tasks)")
     return {name: TASK_BUILDERS[name](dataset) for name in names}
 
 
