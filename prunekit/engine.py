@@ -30,7 +30,7 @@ from .layout import ResolvedLayout
 from .masks import AppliedMasks, dense_masks, sparsity_summary
 from .modes import MODES
 from .pruning import PruneResult
-from .models import build_model, model_layout
+from .models import build_model, canonical_name, model_layout
 from .registry import default_registry, plugin_info
 from .models.surgery import kept_channels, shrink_to
 from .report import delta_t, load_baseline
@@ -123,6 +123,7 @@ class RunConfig:
         return dataclasses.replace(
             self,
             scorer=self.scorer or defaults.scorer,
+            model=canonical_name(self.model),  # a user's file by its absolute path
             thresholder=self.thresholder or defaults.thresholder,
             finetune_iterations=(None if not fine_tunes
                                  else self.iterations // 2 if self.finetune_iterations is None

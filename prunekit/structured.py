@@ -230,6 +230,10 @@ def check_structured(run: "Run") -> None:
                                            run.config.sparsity, scored)
     run.structured_scored = scored
     check_reachable(run, run.structured_budget, scored)
+    shared = set(run.layout.shared)
+    if not any(group.name in shared for group in channel_groups(run.model)):
+        run.warn(f"model {run.config.model!r} has no channel-removal rules for its shared trunk: "
+                 "only the heads' channels are removed")
 
 
 def prune_rounds(run: "Run", budget: Budget, scored: tuple[str, ...]) -> list[dict]:

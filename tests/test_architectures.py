@@ -6,7 +6,8 @@ from torch import nn
 from prunekit import engine
 from prunekit.engine import QUICK, RunConfig
 from prunekit.models import MODELS, build_model
-from prunekit.models.surgery import channel_groups, remove_filters, zero_filters
+from prunekit.models.surgery import (channel_groups, kept_channels, remove_filters, shrink_to,
+                                     zero_filters)
 
 CHANNELS = {"seg": 13, "depth": 1, "normal": 3}
 ARCHITECTURES = ["deeplab-resnet34", "deeplab-resnet50", "vgg16", "mobilenetv2"]
@@ -79,3 +80,16 @@ def test_filter_removal_gives_the_masked_models_outputs(name):
         torch.testing.assert_close(actual[task], expected[task], rtol=1e-4, atol=1e-5)
     assert sum(p.numel() for p in smaller.parameters()) < sum(
         p.numel() for p in masked.parameters())
+    if name == "deeplab-resnet50":  # the trunk's output width follows the last stream
+        last_stream = masks["backbone.layer4.0.downsample.0.weight"]
+        assert smaller.backbone.out_channels == int(last_stream.sum())
+        rebuilt = shrink_to(build_model(name, CHANNELS, 0.125), kept_channels(smaller))
+        rebuilt.load_state_dict(smaller.state_dict(), strict=True)
+
+
+def test_structured_pruning_warns_when_the_trunk_has_no_removal_rules(tmp_path):
+    warnings = []
+    engine.run(RunConfig(out=str(tmp_path / "run"), model="vgg16", mode="iterative",
+                         scorer="taylor", params_ratio=0.9, **QUICK),
+               warn=warnings.append)
+    assert any("no channel-removal rules for its shared trunk" in w for w in warnings)

@@ -37,6 +37,14 @@ USER_NET = textwrap.dedent('''
         return model, MultiTaskLayout(shared=["trunk"],
                                       heads={task: [f"heads.{task}"] for task in task_channels})
 
+    class NetWithLayout(Net):
+        def layout(self):
+            return MultiTaskLayout(shared=["trunk"],
+                                   heads={task: [f"heads.{task}"] for task in self.heads})
+
+    def with_method(task_channels, width):
+        return NetWithLayout(task_channels, width)
+
     def broken(task_channels, width):
         raise ValueError("no such depth")
 
@@ -74,6 +82,49 @@ def test_a_user_model_from_a_file_is_pruned_trained_and_loaded_again(capsys, tmp
     for name, param in model.named_parameters():
         if name in masks:
             assert (param[~masks[name]] == 0).all()
+
+
+def test_a_relative_file_the_layout_method_and_loading_from_elsewhere(capsys, tmp_path,
+                                                                       monkeypatch, user_net):
+    monkeypatch.chdir(user_net.parent)
+    out_dir = tmp_path / "run"
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--model",
+                          "user_net.py:with_method", "--tasks", "seg", "--out", str(out_dir))
+    assert code == 0, err
+    recorded = json.loads((out_dir / "report.json").read_text())["config"]["model"]
+    assert recorded == f"{user_net.resolve()}:with_method"  # loads from any folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    model, masks = load_checkpoint(out_dir / "checkpoint.pt")
+    assert set(masks) == {"trunk.0.weight", "trunk.2.weight", "heads.seg.weight"}
+
+
+def test_a_module_on_the_working_directory(capsys, tmp_path, monkeypatch):
+    (tmp_path / "prunekit_test_nets.py").write_text(USER_NET)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--model",
+                          "prunekit_test_nets:with_layout", "--tasks", "seg,depth", "--out",
+                          str(tmp_path / "run"))
+    assert code == 0, err
+
+
+def test_two_files_of_one_name_stay_apart_and_a_failed_import_is_not_kept(tmp_path):
+    from prunekit.models import build_model
+    first, second = tmp_path / "a" / "nets.py", tmp_path / "b" / "nets.py"
+    for path, scale in ((first, "32"), (second, "64")):
+        path.parent.mkdir()
+        path.write_text(USER_NET.replace("int(32 * width)", f"int({scale} * width)"))
+    sizes = [sum(p.numel() for p in build_model(f"{path}:with_layout", {"seg": 3}, 1.0)
+                 .parameters()) for path in (first, second)]
+    assert sizes[0] < sizes[1]
+    broken = tmp_path / "c" / "nets.py"
+    broken.parent.mkdir()
+    broken.write_text("raise RuntimeError('half written')\n")
+    with pytest.raises(prunekit.PrunekitError, match="could not import.*half written"):
+        build_model(f"{broken}:with_layout", {"seg": 3}, 1.0)
+    broken.write_text(USER_NET)
+    assert isinstance(build_model(f"{broken}:with_layout", {"seg": 3}, 1.0), nn.Module)
 
 
 @pytest.mark.parametrize("function, message", [

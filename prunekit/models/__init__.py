@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import UnknownNameError
 from .backbones import mobilenetv2, vgg16
 from .deeplab import MultiTaskDeepLab, deeplab_resnet34, deeplab_resnet50
-from .user import build_user_model, is_user_model, model_layout
+from .user import build_user_model, canonical_name, is_user_model, model_layout
 
 MODELS: dict[str, Callable[[Mapping[str, int], float], nn.Module]] = {
     "deeplab-resnet34": deeplab_resnet34,
@@ -28,4 +28,4 @@ def build_model(name: str, task_channels: Mapping[str, int], width: float = 1.0)
     return MODELS[name](task_channels, width)
 
 
-__all__ = ["MODELS", "build_model", "model_layout", "MultiTaskDeepLab", "deeplab_resnet34"]
+__all__ = ["MODELS", "build_model", "canonical_name", "model_layout", "MultiTaskDeepLab", "deeplab_resnet34"]

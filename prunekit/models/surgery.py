@@ -202,8 +202,11 @@ def remove_filters(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Mo
                 setattr(module, child_name, new[child])
     for net in model.modules():
         if isinstance(net, DilatedResNet):
-            blocks = [m for m in net.modules() if isinstance(m, BasicBlock)]
-            net.out_channels = (blocks[-1].conv2 if blocks else net.conv1).out_channels
+            blocks = [m for m in net.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+            last = blocks[-1] if blocks else None
+            output = (net.conv1 if last is None
+                      else last.conv3 if isinstance(last, Bottleneck) else last.conv2)
+            net.out_channels = output.out_channels
     return model
 
 

@@ -8,6 +8,7 @@ function again.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -24,6 +25,15 @@ LAYOUT_ATTRIBUTE = "prunekit_layout"  # where a layout returned beside the model
 
 def is_user_model(name: str) -> bool:
     return ":" in name
+
+
+def canonical_name(name: str) -> str:
+    """``FILE.py:FUNCTION`` with the file's absolute path (checkpoints record it, so they load
+    from any working directory); other names unchanged."""
+    where, _, attribute = name.rpartition(":")
+    if is_user_model(name) and where.endswith(".py"):
+        return f"{Path(where).resolve()}:{attribute}"
+    return name
 
 
 def build_user_model(name: str, task_channels: Mapping[str, int], width: float) -> nn.Module:
@@ -54,19 +64,12 @@ def find_function(name: str) -> Callable:
 
 
 def load_module(name: str, where: str):
+    """The module ``where`` names: a file (its folder joins the import path, so it may import
+    its neighbours), or a module importable from the working directory."""
     try:
         if where.endswith(".py"):
-            path = Path(where)
-            if not path.is_file():
-                raise PrunekitError(f"--model {name}: file {where!r} does not exist")
-            module_name = f"prunekit_user_model_{path.stem}"
-            if module_name in sys.modules:
-                return sys.modules[module_name]
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module  # pickling the model finds its classes here
-            spec.loader.exec_module(module)
-            return module
+            return load_file(name, Path(where).resolve())
+        add_to_import_path(Path.cwd())  # the console script does not, unlike python -m
         return importlib.import_module(where)
     except PrunekitError:
         raise
@@ -75,11 +78,40 @@ def load_module(name: str, where: str):
                             f"({type(exc).__name__}: {one_line(exc, 300)})") from exc
 
 
+def load_file(name: str, path: Path):
+    if not path.is_file():
+        raise PrunekitError(f"--model {name}: file {str(path)!r} does not exist")
+    # one module per file (two files of one name stay apart); pickling finds the classes here
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    module_name = f"prunekit_user_model_{path.stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    add_to_import_path(path.parent)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]  # a failed import is not kept for the next call
+        raise
+    return module
+
+
+def add_to_import_path(folder: Path) -> None:
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+
 def model_layout(model: nn.Module) -> MultiTaskLayout:
     """The layout a model declares: its ``layout()``, or the one its builder returned."""
     layout = getattr(model, "layout", None)
-    if callable(layout):
-        return layout()
+    if callable(layout) and not isinstance(layout, nn.Module):
+        declared = layout()
+        if not isinstance(declared, MultiTaskLayout):
+            raise PrunekitError(f"{type(model).__name__}.layout() must return a "
+                                f"MultiTaskLayout, not {type(declared).__name__}")
+        return declared
     kept = getattr(model, LAYOUT_ATTRIBUTE, None)
     if isinstance(kept, MultiTaskLayout):
         return kept
