@@ -493,7 +493,10 @@ class Run:
         return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle,
                           drop_last=shuffle and len(dataset) >= self.config.batch_size,
                           generator=generator, num_workers=self.config.workers,
-                          persistent_workers=self.config.workers > 0)
+                          # workers start afresh each epoch: a persistent loader draws its
+                          # workers' seed from the generator at its first epoch only, so a
+                          # resumed run's batch order would differ from the uninterrupted one's
+                          persistent_workers=False)
 
     def prune(self, sparsity: float, scorer: Scorer | None = None,
               within: Masks | None = None) -> PruneResult:
