@@ -1,7 +1,6 @@
 """Sparse training and evaluation of a multi-task model."""
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping
@@ -76,8 +75,17 @@ class Epochs:
         generator = getattr(self.loader, "generator", None)
         self.epoch_start = generator.get_state() if generator is not None else None
         self.taken = 0
-        shared = len(self.loader) // distributed.world_size() * distributed.world_size()
-        return distributed.shard(itertools.islice(self.loader, shared))  # draws the order
+        return self.share_of(iter(self.loader))  # iter: the loader draws from its generator
+
+    def share_of(self, batches: Iterator[dict]) -> Iterator[dict]:
+        """This rank's equal share of an epoch. The epoch is read to its end (the remainder
+        is loaded and left): a sampler draws from its generator once more as it finishes, and
+        the next epoch's order depends on that draw."""
+        ranks = distributed.world_size()
+        shared = len(self.loader) // ranks * ranks
+        for index, batch in enumerate(batches):
+            if index < shared and index % ranks == distributed.rank():
+                yield batch
 
     def __iter__(self) -> Iterator[dict]:
         epoch = self.resumed_epoch or self.next_epoch()
