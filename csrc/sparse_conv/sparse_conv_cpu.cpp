@@ -117,6 +117,19 @@ PRUNEKIT_INLINE void strided_block(const scalar_t* x, int64_t stride, Row<scalar
   }
 }
 
+// The block's sums: kBlock positions in registers when `whole`, else exactly `count` positions
+// `stride` apart (partial blocks that must not read past the input, other strides).
+template <typename scalar_t>
+PRUNEKIT_INLINE void block_sums(const scalar_t* in, int64_t stride, bool whole,
+                                Row<scalar_t> row, scalar_t bias, scalar_t* sums,
+                                int64_t count) {
+  if (whole) {
+    unit_stride_block(in, row, bias, sums);
+  } else {
+    strided_block(in, stride, row, bias, sums, count);
+  }
+}
+
 // Everything the tasks read and write.
 template <typename scalar_t>
 struct Problem {
@@ -155,13 +168,9 @@ PRUNEKIT_INLINE void unit_stride_band(const Problem<scalar_t>& p, const scalar_t
     const int64_t count = std::min(kBlock, length - q);
     const int64_t row = q / g.padded_w, column = q - row * g.padded_w;
     const scalar_t* in = image + first * g.padded_w + q;
-    const bool exact = at_end && count < kBlock;
+    const bool whole = !(at_end && count < kBlock);
     for (int64_t oc = oc_begin; oc < oc_end; ++oc) {
-      if (exact) {
-        strided_block(in, 1, p.row(oc), p.bias_of(oc), sums, count);
-      } else {
-        unit_stride_block(in, p.row(oc), p.bias_of(oc), sums);
-      }
+      block_sums(in, 1, whole, p.row(oc), p.bias_of(oc), sums, count);
       scalar_t* out = planes + oc * plane + (first + row) * g.out_w;
       if (g.padded_w == g.out_w) {
         std::copy(sums, sums + count, out + column);
@@ -190,13 +199,9 @@ PRUNEKIT_INLINE void strided_band(const Problem<scalar_t>& p, const scalar_t* im
     for (int64_t ow = 0; ow < g.out_w; ow += kBlock) {
       const int64_t count = std::min(kBlock, g.out_w - ow);
       const scalar_t* in = image + oh * g.stride_h * g.padded_w + ow * g.stride_w;
-      const bool whole_block = g.stride_w == 1 && !(at_end && count < kBlock);
+      const bool whole = g.stride_w == 1 && !(at_end && count < kBlock);
       for (int64_t oc = oc_begin; oc < oc_end; ++oc) {
-        if (whole_block) {
-          unit_stride_block(in, p.row(oc), p.bias_of(oc), sums);
-        } else {
-          strided_block(in, g.stride_w, p.row(oc), p.bias_of(oc), sums, count);
-        }
+        block_sums(in, g.stride_w, whole, p.row(oc), p.bias_of(oc), sums, count);
         std::copy(sums, sums + count, planes + oc * plane + oh * g.out_w + ow);
       }
     }
