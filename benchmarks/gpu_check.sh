@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU, in one go, for a machine whose python3 already holds torch with
+# CUDA, nvcc and the test dependencies (no installs from the network):
+#   1. builds prunekit with its CUDA kernels for the GPU present (editable install),
+#   2. runs the kernel tests on it (CPU and CUDA cases),
+#   3. runs the CUDA benchmarks (kernels against torch in the same run) and `prunekit bench conv`,
+#   4. runs the default job with --device cuda.
+# Usage: bash benchmarks/gpu_check.sh OUT_DIR     (logs and JSON land in OUT_DIR)
+# Each step has its own time limit, so one that hangs leaves the others their time.
+set -u
+out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PRUNEKIT_DISABLE_PLUGIN_AUTOLOAD=1
+step() { echo "== $* ($(date +%T))"; }
+
+step environment
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  "$py" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__,
+'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+  nvcc --version | tail -2; nproc; } 2>&1 | tee "$out/environment.txt"
+
+step build
+arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+SECONDS=0
+if ! TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=$(nproc) PRUNEKIT_CUDA=1 timeout 420 \
+        "$py" -m pip install --no-build-isolation --no-deps --no-index -e . >"$out/build.log" 2>&1; then
+    tail -40 "$out/build.log"; exit 1
+fi
+echo "built for sm_${arch/./} in ${SECONDS}s" | tee -a "$out/environment.txt"
+"$py" -c "from prunekit import ops; assert ops.cuda_compiled(), 'CUDA kernels missing'" || exit 1
+
+step kernel tests
+parallel=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8")  # pytest-xdist, where installed
+OMP_NUM_THREADS=2 timeout 300 "$py" -m pytest -q -rs -p no:cacheprovider $parallel tests/test_ops.py \
+    tests/test_topk_masks.py tests/test_sparse_conv.py tests/test_sparse_conv_grad.py \
+    tests/test_sparse_conv_plan.py >"$out/tests.log" 2>&1
+tail -25 "$out/tests.log"
+
+step benchmarks
+timeout 300 "$py" -m pytest -q -p no:cacheprovider benchmarks/test_bench_topk.py \
+    benchmarks/test_bench_topk_masks.py benchmarks/test_bench_sparse_conv.py -k cuda \
+    --benchmark-json="$out/bench.json" >"$out/bench.log" 2>&1
+grep -A400 "^summary" "$out/bench.log" | head -200
+timeout 120 prunekit bench conv --device cuda --repeats 50 >"$out/bench_conv.txt" 2>&1
+timeout 60 prunekit bench conv --device cuda --batch 8 --repeats 50 >>"$out/bench_conv.txt" 2>&1
+cat "$out/bench_conv.txt"
+
+step default run on cuda
+timeout 300 prunekit run --device cuda --no-progress --out /tmp/gpu-run >"$out/run.log" 2>&1
+cp /tmp/gpu-run/report.json "$out/" 2>/dev/null
+tail -30 "$out/run.log"
+step done
