@@ -32,13 +32,13 @@ echo "built for sm_${arch/./} in ${SECONDS}s" | tee -a "$out/environment.txt"
 
 step kernel tests
 parallel=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8")  # pytest-xdist, where installed
-OMP_NUM_THREADS=2 timeout 300 "$py" -m pytest -q -rs -p no:cacheprovider $parallel tests/test_ops.py \
+OMP_NUM_THREADS=2 timeout 200 "$py" -m pytest -q -rs -p no:cacheprovider $parallel tests/test_ops.py \
     tests/test_topk_masks.py tests/test_sparse_conv.py tests/test_sparse_conv_grad.py \
     tests/test_sparse_conv_plan.py >"$out/tests.log" 2>&1
 tail -25 "$out/tests.log"
 
 step benchmarks
-timeout 300 "$py" -m pytest -q -p no:cacheprovider benchmarks/test_bench_topk.py \
+timeout 200 "$py" -m pytest -q -p no:cacheprovider benchmarks/test_bench_topk.py \
     benchmarks/test_bench_topk_masks.py benchmarks/test_bench_sparse_conv.py -k cuda \
     --benchmark-json="$out/bench.json" >"$out/bench.log" 2>&1
 grep -A400 "^summary" "$out/bench.log" | head -200
@@ -47,7 +47,7 @@ timeout 60 prunekit bench conv --device cuda --batch 8 --repeats 50 >>"$out/benc
 cat "$out/bench_conv.txt"
 
 step default run on cuda
-timeout 300 prunekit run --device cuda --no-progress --out /tmp/gpu-run >"$out/run.log" 2>&1
+timeout 150 prunekit run --device cuda --no-progress --out /tmp/gpu-run >"$out/run.log" 2>&1
 cp /tmp/gpu-run/report.json "$out/" 2>/dev/null
 tail -30 "$out/run.log"
 step done
