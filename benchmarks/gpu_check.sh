@@ -23,7 +23,7 @@ step environment
 step build
 arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
 SECONDS=0
-if ! TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=$(nproc) PRUNEKIT_CUDA=1 timeout 420 \
+if ! TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=$(nproc) PRUNEKIT_CUDA=1 timeout 300 \
         "$py" -m pip install --no-build-isolation --no-deps --no-index -e . >"$out/build.log" 2>&1; then
     tail -40 "$out/build.log"; exit 1
 fi
