@@ -56,15 +56,18 @@ METHOD_OPTIONS = options(
 
 DATA_AND_TRAINING_OPTIONS = options(
     click.option("--tasks", callback=comma_list, default=",".join(DEFAULTS["tasks"]),
-                 show_default=True, help="Comma-separated tasks: seg, depth, normal."),
+                 show_default=True,
+                 help="Comma-separated tasks: seg, depth, normal; keypoint and edge (taskonomy)."),
     click.option("--model", default=DEFAULTS["model"], show_default=True,
                  help="deeplab-resnet34, deeplab-resnet50, vgg16, mobilenetv2, or your own "
                       "builder as MODULE:FUNCTION or FILE.py:FUNCTION (see docs/cli.md)."),
     click.option("--width", type=float, default=DEFAULTS["width"], show_default=True,
                  help="Channel width multiplier of the model."),
     click.option("--dataset", default=DEFAULTS["dataset"], show_default=True,
-                 help="synthetic (embedded, generated on the fly) or nyuv2."),
-    click.option("--data-root", default=None, help="Dataset folder (nyuv2)."),
+                 help="synthetic (embedded, generated on the fly), nyuv2, cityscapes, "
+                      "cityscapes-7 or taskonomy (see docs/data.md)."),
+    click.option("--data-root", default=None,
+                 help="Dataset folder (every dataset but synthetic)."),
     click.option("--image-size", callback=image_size, default=None,
                  help="HEIGHTxWIDTH of the images [default: the dataset's, 64x80 for synthetic]."),
     click.option("--val-samples", type=int, default=DEFAULTS["val_samples"], show_default=True,

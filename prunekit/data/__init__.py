@@ -9,12 +9,13 @@ from ..errors import PrunekitError, UnknownNameError
 from .cityscapes import Cityscapes, Cityscapes7
 from .nyuv2 import NYUv2
 from .synthetic import NYU13_CLASSES, SyntheticIndoorScenes
+from .taskonomy import Taskonomy
 
 SYNTHETIC_TRAIN_LENGTH = 2000
 SYNTHETIC_VAL_LENGTH = 128
 # Each dataset's own image size (height, width), used when a run gives no --image-size.
 NATIVE_SIZES = {"synthetic": (64, 80), "nyuv2": (288, 384), "cityscapes": (128, 256),
-                "cityscapes-7": (128, 256)}
+                "cityscapes-7": (128, 256), "taskonomy": (256, 256)}
 
 
 def synthetic(root, split, size, seed) -> Dataset:
@@ -40,9 +41,16 @@ def cityscapes7(root, split, size, seed) -> Dataset:
     return Cityscapes7(root, split, size)
 
 
+def taskonomy(root, split, size, seed) -> Dataset:
+    if not root:
+        raise PrunekitError("--dataset taskonomy needs --data-root PATH")
+    return Taskonomy(root, split, size or NATIVE_SIZES["taskonomy"])
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {"synthetic": synthetic, "nyuv2": nyuv2,
                                                "cityscapes": cityscapes,
-                                               "cityscapes-7": cityscapes7}
+                                               "cityscapes-7": cityscapes7,
+                                               "taskonomy": taskonomy}
 
 
 def build_dataset(name: str, split: str, root=None, size=None, seed: int = 0) -> Dataset:
@@ -53,4 +61,4 @@ def build_dataset(name: str, split: str, root=None, size=None, seed: int = 0) ->
 
 
 __all__ = ["DATASETS", "NATIVE_SIZES", "build_dataset", "Cityscapes", "Cityscapes7", "NYUv2",
-           "SyntheticIndoorScenes", "NYU13_CLASSES"]
+           "SyntheticIndoorScenes", "NYU13_CLASSES", "Taskonomy"]

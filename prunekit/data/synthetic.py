@@ -360,6 +360,7 @@ class SyntheticIndoorScenes(Dataset):
 
     num_classes = len(NYU13_CLASSES)
     class_names = NYU13_CLASSES
+    tasks = ("seg", "depth", "normal")  # the targets it renders (build_tasks checks --tasks)
 
     def __init__(self, split: str = "train", size: tuple[int, int] = (64, 80),
                  length: int = 2000, seed: int = 0):

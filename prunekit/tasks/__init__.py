@@ -2,7 +2,8 @@
 
 Losses and metrics follow the multi-task pruning papers (DiSparse, AdapMTL, on NYUv2):
 segmentation (cross-entropy; mIoU, pixel accuracy), depth (L1 on valid pixels; absolute and
-relative error, delta accuracies) and surface normals (1 - cosine; angle error statistics).
+relative error, delta accuracies), surface normals (1 - cosine; angle error statistics) and, on
+Taskonomy, 2D keypoints and texture edges (L1; mean absolute error).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Callable, Sequence
 
 from ..errors import PrunekitError, UnknownNameError
 from .base import Meter, Task
+from .dense_l1 import DenseL1Task
 from .depth import DepthTask
 from .normal import NormalTask
 from .segmentation import SegmentationTask
@@ -19,6 +21,8 @@ TASK_BUILDERS: dict[str, Callable[[object], Task]] = {
     "seg": lambda dataset: SegmentationTask(dataset.num_classes),
     "depth": lambda dataset: DepthTask(),
     "normal": lambda dataset: NormalTask(),
+    "keypoint": lambda dataset: DenseL1Task("keypoint"),
+    "edge": lambda dataset: DenseL1Task("edge"),
 }
 
 
@@ -35,5 +39,5 @@ def build_tasks(names: Sequence[str], dataset) -> dict[str, Task]:
     return {name: TASK_BUILDERS[name](dataset) for name in names}
 
 
-__all__ = ["Task", "Meter", "SegmentationTask", "DepthTask", "NormalTask", "TASK_BUILDERS",
-           "build_tasks"]
+__all__ = ["Task", "Meter", "SegmentationTask", "DepthTask", "NormalTask", "DenseL1Task",
+           "TASK_BUILDERS", "build_tasks"]
