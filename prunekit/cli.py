@@ -64,7 +64,7 @@ DATA_AND_TRAINING_OPTIONS = options(
     click.option("--width", type=float, default=DEFAULTS["width"], show_default=True,
                  help="Channel width multiplier of the model."),
     click.option("--dataset", default=DEFAULTS["dataset"], show_default=True,
-                 help="synthetic (embedded, generated on the fly), nyuv2, cityscapes, "
+                 help="synthetic (embedded, generated on the fly), nyuv2, nyuv2-40, cityscapes, "
                       "cityscapes-7 or taskonomy (see docs/data.md)."),
     click.option("--data-root", default=None,
                  help="Dataset folder (every dataset but synthetic)."),

@@ -8,6 +8,7 @@ from torch.utils.data import Dataset
 from ..errors import PrunekitError, UnknownNameError
 from .cityscapes import Cityscapes, Cityscapes7
 from .nyuv2 import NYUv2
+from .nyuv2_json import NYU40_CLASSES, NYUv2Json, NYUv2Json40, open_nyuv2
 from .synthetic import NYU13_CLASSES, SyntheticIndoorScenes
 from .taskonomy import Taskonomy
 
@@ -15,7 +16,8 @@ SYNTHETIC_TRAIN_LENGTH = 2000
 SYNTHETIC_VAL_LENGTH = 128
 # Each dataset's own image size (height, width), used when a run gives no --image-size.
 NATIVE_SIZES = {"synthetic": (64, 80), "nyuv2": (288, 384), "cityscapes": (128, 256),
-                "cityscapes-7": (128, 256), "taskonomy": (256, 256)}
+                "cityscapes-7": (128, 256), "taskonomy": (256, 256),
+                "nyuv2-40": (480, 640)}  # nyuv2 in the JSON layout: 480x640 too
 
 
 def synthetic(root, split, size, seed) -> Dataset:
@@ -26,7 +28,13 @@ def synthetic(root, split, size, seed) -> Dataset:
 def nyuv2(root, split, size, seed) -> Dataset:
     if not root:
         raise PrunekitError("--dataset nyuv2 needs --data-root PATH")
-    return NYUv2(root, split, size)
+    return open_nyuv2(root, split, size)
+
+
+def nyuv2_40(root, split, size, seed) -> Dataset:
+    if not root:
+        raise PrunekitError("--dataset nyuv2-40 needs --data-root PATH")
+    return open_nyuv2(root, split, size, classes=40)
 
 
 def cityscapes(root, split, size, seed) -> Dataset:
@@ -48,6 +56,7 @@ def taskonomy(root, split, size, seed) -> Dataset:
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {"synthetic": synthetic, "nyuv2": nyuv2,
+                                               "nyuv2-40": nyuv2_40,
                                                "cityscapes": cityscapes,
                                                "cityscapes-7": cityscapes7,
                                                "taskonomy": taskonomy}
@@ -61,4 +70,5 @@ def build_dataset(name: str, split: str, root=None, size=None, seed: int = 0) ->
 
 
 __all__ = ["DATASETS", "NATIVE_SIZES", "build_dataset", "Cityscapes", "Cityscapes7", "NYUv2",
+           "NYUv2Json", "NYUv2Json40", "NYU40_CLASSES",
            "SyntheticIndoorScenes", "NYU13_CLASSES", "Taskonomy"]
