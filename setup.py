@@ -70,13 +70,11 @@ def extension():
     # at::parallel_for expands to OpenMP pragmas in our own code: without -fopenmp it runs on one
     # thread. The process shares torch's libgomp (same soname, already loaded).
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    # The kernels use C++20 (std::span); torch's default standard differs between its releases.
-    std = ["-std=c++20"]
-    args = {"cxx": opt + std + openmp}
+    args = {"cxx": opt + openmp}
     macros = []
     if with_cuda:
         sources += sorted(glob.glob("csrc/*/*.cu"))
-        args["nvcc"] = opt + std + os.environ.get("NVCC_FLAGS", "").split()
+        args["nvcc"] = opt + os.environ.get("NVCC_FLAGS", "").split()
         macros.append(("PRUNEKIT_WITH_CUDA", None))
     kind = CUDAExtension if with_cuda else CppExtension
     return kind("prunekit._C", sources, extra_compile_args=args, extra_link_args=openmp,

@@ -5,10 +5,13 @@
 #   2. runs the kernel tests on it (CPU and CUDA cases),
 #   3. runs the CUDA benchmarks (kernels against torch in the same run) and `prunekit bench conv`,
 #   4. runs the default job with --device cuda.
-# Usage: bash benchmarks/gpu_check.sh OUT_DIR     (logs and JSON land in OUT_DIR)
+# Usage: bash benchmarks/gpu_check.sh OUT_DIR [STEPS]   (logs and JSON land in OUT_DIR)
+#   STEPS: some of "tests topk masks conv run" (default: all); the build always runs.
 # Each step has its own time limit, so one that hangs leaves the others their time.
 set -u
-out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
+out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [STEPS]}
+steps=" ${2:-tests topk masks conv run} "
+wanted() { [[ $steps == *" $1 "* ]]; }
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PRUNEKIT_DISABLE_PLUGIN_AUTOLOAD=1
@@ -30,24 +33,35 @@ fi
 echo "built for sm_${arch/./} in ${SECONDS}s" | tee -a "$out/environment.txt"
 "$py" -c "from prunekit import ops; assert ops.cuda_compiled(), 'CUDA kernels missing'" || exit 1
 
+if wanted tests; then
 step kernel tests
 parallel=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8")  # pytest-xdist, where installed
 OMP_NUM_THREADS=2 timeout 200 "$py" -m pytest -q -rs -p no:cacheprovider $parallel tests/test_ops.py \
     tests/test_topk_masks.py tests/test_sparse_conv.py tests/test_sparse_conv_grad.py \
     tests/test_sparse_conv_plan.py >"$out/tests.log" 2>&1
 tail -25 "$out/tests.log"
+fi
 
+if wanted topk || wanted masks || wanted conv; then
 step benchmarks
-timeout 200 "$py" -m pytest -q -p no:cacheprovider benchmarks/test_bench_topk.py \
-    benchmarks/test_bench_topk_masks.py benchmarks/test_bench_sparse_conv.py -k cuda \
+files=$(wanted topk && echo benchmarks/test_bench_topk.py)
+files+=" "$(wanted masks && echo benchmarks/test_bench_topk_masks.py)
+files+=" "$(wanted conv && echo benchmarks/test_bench_sparse_conv.py)
+timeout 200 "$py" -m pytest -q -p no:cacheprovider $files -k cuda \
     --benchmark-json="$out/bench.json" >"$out/bench.log" 2>&1
 grep -A400 "^summary" "$out/bench.log" | head -200
+fi
+
+if wanted conv; then
 timeout 120 prunekit bench conv --device cuda --repeats 50 >"$out/bench_conv.txt" 2>&1
 timeout 60 prunekit bench conv --device cuda --batch 8 --repeats 50 >>"$out/bench_conv.txt" 2>&1
 cat "$out/bench_conv.txt"
+fi
 
+if wanted run; then
 step default run on cuda
 timeout 150 prunekit run --device cuda --no-progress --out /tmp/gpu-run >"$out/run.log" 2>&1
 cp /tmp/gpu-run/report.json "$out/" 2>/dev/null
 tail -30 "$out/run.log"
+fi
 step done

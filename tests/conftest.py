@@ -15,6 +15,11 @@ from prunekit.tasks import DepthTask, NormalTask, SegmentationTask
 
 NUM_CLASSES = 5
 
+# The pure-torch oracles must be exact float32 on CUDA too: cuDNN's default TF32 convolutions are
+# off from float32 by about 1e-3.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 
 class TinyMultiTaskNet(nn.Module):
     """A conv trunk and one small head per task: big enough for saliency, fast in tests."""

@@ -29,14 +29,12 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <optional>
-#include <span>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -241,18 +239,37 @@ template <typename Reader>
   TORCH_CHECK(false, "topk_masks: a NaN score was seen but not found again");
 }
 
+// A view of contiguous items. The file stays C++17 (std::span and std::bit_width are C++20),
+// the standard older torch releases build extensions with (torch 2.11: C++17).
+template <typename T>
+struct Items {
+  T* first = nullptr;
+  T* last = nullptr;
+  T* begin() const { return first; }
+  T* end() const { return last; }
+  size_t size() const { return static_cast<size_t>(last - first); }
+  T& operator[](int64_t i) const { return first[i]; }
+};
+
+template <typename T>
+Items<T> items_of(std::vector<T>& items) {
+  return {items.data(), items.data() + items.size()};
+}
+
+int bit_width(uint64_t value) { return value == 0 ? 0 : 64 - __builtin_clzll(value); }
+
 // The key of descending rank `rank` (1 <= rank <= size) among `items`: a histogram of 4096
 // buckets over their keys' span finds the bucket holding it, and nth_element runs among that
 // bucket's items only (moved to the front). Three passes over the items instead of nth_element's
 // many; as slow as nth_element only when one bucket holds most keys. Reorders the items.
 template <typename Item, typename KeyOf>
-auto key_of_rank(std::span<Item> items, int64_t rank, KeyOf key_of) {
+auto key_of_rank(Items<Item> items, int64_t rank, KeyOf key_of) {
   constexpr int kRankBits = 12;
   const auto [lowest, highest] = std::minmax_element(
       items.begin(), items.end(),
       [&](const Item& a, const Item& b) { return key_of(a) < key_of(b); });
   const auto low = key_of(*lowest);
-  const int width = static_cast<int>(std::bit_width(key_of(*highest) - low));
+  const int width = bit_width(key_of(*highest) - low);
   const int shift = std::max(0, width - kRankBits);
   const auto bucket_of = [&](const Item& item) {
     return static_cast<size_t>((key_of(item) - low) >> shift);
@@ -305,7 +322,7 @@ class CandidateArray {
 
   // Every pushed candidate, once all threads are done: the slots left in their blocks are marked
   // and removed.
-  std::span<Candidate<key_t>> gathered(const std::vector<Cursor>& cursors) {
+  Items<Candidate<key_t>> gathered(const std::vector<Cursor>& cursors) {
     const int64_t used = std::min(claimed_.load(), capacity_);
     int64_t first_hole = used;
     for (const Cursor& cursor : cursors) {
@@ -329,7 +346,7 @@ class CandidateArray {
 template <typename key_t>
 struct Masked {
   std::unique_ptr<CandidateArray<key_t>> storage;
-  std::span<Candidate<key_t>> candidates;
+  Items<Candidate<key_t>> candidates;
   int64_t above = 0;
   bool nan = false;
   bool overflow = false;  // more candidates than the pass allowed: it stopped early
@@ -357,7 +374,7 @@ class GroupSelector {
     if (total == 0) return none_kept;
     if (total <= kGrain) {
       Candidates candidates = all_candidates(members, total);  // masks start false
-      return k == 0 ? none_kept : keep_best(candidates, k);
+      return k == 0 ? none_kept : keep_best(items_of(candidates), k);
     }
     if (k > 0 && total >= kSampledMin) {
       if (const auto threshold = select_in_sampled_range(members, k, total)) return *threshold;
@@ -401,7 +418,7 @@ class GroupSelector {
   // Keeps the `wanted` best candidates (1 <= wanted <= size) and returns the smallest kept score:
   // the wanted-th largest key first, then the ties at it by position.
   // Reorders the candidates.
-  double keep_best(std::span<Candidate<key_t>> candidates, int64_t wanted) {
+  double keep_best(Items<Candidate<key_t>> candidates, int64_t wanted) {
     TORCH_INTERNAL_ASSERT(1 <= wanted && wanted <= static_cast<int64_t>(candidates.size()),
                           "topk_masks: the passes disagree on the count above the threshold");
     const key_t kth = key_of_rank(candidates, wanted, [](const auto& c) { return c.key; });
@@ -466,8 +483,8 @@ class GroupSelector {
     const auto last = static_cast<int64_t>(std::ceil(share * size + margin));
     Range range{std::numeric_limits<key_t>::min(), std::numeric_limits<key_t>::max()};
     const auto key = [](key_t k) { return k; };
-    if (first >= 1) range.high = key_of_rank(std::span(sample), first, key);
-    if (last <= size) range.low = key_of_rank(std::span(sample), last, key);
+    if (first >= 1) range.high = key_of_rank(items_of(sample), first, key);
+    if (last <= size) range.low = key_of_rank(items_of(sample), last, key);
     const auto inside = std::count_if(sample.begin(), sample.end(), [&](key_t key) {
       return range.low <= key && key <= range.high;
     });
