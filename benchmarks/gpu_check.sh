@@ -24,6 +24,10 @@ step environment
   nvcc --version | tail -2; nproc; } 2>&1 | tee "$out/environment.txt"
 
 step build
+# The compiler on PATH, not the one Python's sysconfig names: on a machine whose Python was built
+# with another GCC, the extension got its own copy of the C++ streams and crashed on the first
+# error message it formatted.
+export CC=${CC:-gcc} CXX=${CXX:-g++}
 arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
 SECONDS=0
 if ! TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=$(nproc) PRUNEKIT_CUDA=1 timeout 300 \

@@ -4,7 +4,7 @@
 // (ic * KH + kh) * KW + kw in the flattened filter. A kept weight reads the unpadded input at
 //   ih = oh*sh + dy, iw = ow*sw + dx   with dy = kh*dh - ph, dx = kw*dw - pw,
 // i.e. at the fixed offset ic*H*W + dy*W + dx from the output position's base oh*sh*W + ow*sw,
-// and adds nothing where (ih, iw) falls in the padding: a bounds check per read instead of a
+// and multiplies 0 where (ih, iw) falls in the padding: a bounds check per read instead of a
 // padded copy of the input.
 //
 // One block computes a tile of one (image, output channel) plane. blockIdx.x runs over the
@@ -112,8 +112,11 @@ __global__ void __launch_bounds__(kMaxThreads)
             // Unsigned compares also reject negative rows and columns (the top-left padding).
             const unsigned ih = static_cast<unsigned>(top[k] + dy);
             const unsigned iw = static_cast<unsigned>(left[k] + dx);
-            if (k < count && ih < unsigned(s.in_h) && iw < unsigned(s.in_w)) {
-              sum[k] += value * static_cast<acc_t>(image[base[k] + offset]);
+            if (k < count) {
+              // Padding reads as 0 and is still multiplied: an inf or NaN weight gives NaN
+              // there, as in the dense convolution.
+              const bool inside = ih < unsigned(s.in_h) && iw < unsigned(s.in_w);
+              sum[k] += value * (inside ? static_cast<acc_t>(image[base[k] + offset]) : acc_t(0));
             }
           }
         }
