@@ -79,6 +79,9 @@ DATA_AND_TRAINING_OPTIONS = options(
     click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True),
     click.option("--workers", type=int, default=DEFAULTS["workers"], show_default=True,
                  help="Data-loading processes (0: load in the main process)."),
+    click.option("--augment", is_flag=True, default=DEFAULTS["augment"],
+                 help="Augment training samples: random scale in [0.5, 1.5], crop back to size, "
+                      "left-right flip (normals' x negated); see docs/data.md."),
     click.option("--lr", callback=learning_rates, default=str(DEFAULTS["lr"]),
                  show_default=True,
                  help="Adam learning rate (cosine-decayed to zero); with --retrain-from-scratch "

@@ -23,6 +23,7 @@ from . import distributed
 from ._version import __version__
 from .api import check_arbiter, check_scope, check_sparsity, compute_masks, resolve
 from .data import build_dataset
+from .data.augment import Augmented, SeededSampler
 from .errors import NonFiniteLossError, PrunekitError, UnknownNameError, one_line
 from .files import save_torch, write_json
 from .interfaces import Masks, Scorer, Thresholder
@@ -87,6 +88,7 @@ class RunConfig:
     score_batches: int = 10
     batch_size: int = 8
     workers: int = 0                 # data-loading processes (0: load in the main process)
+    augment: bool = False            # random scale, crop and flip of training samples
     lr: float = 2e-3
     seed: int = 0
     device: str = "cpu"
@@ -454,6 +456,8 @@ class Run:
         if config.retrain_from_scratch:  # the sweep is judged on training samples held out
             train_set, selection_set = hold_out(train_set, SELECTION_SHARE, config.val_samples)
             self.selection_loader = self.loader(selection_set, shuffle=False)
+        if config.augment:
+            train_set = Augmented(train_set)
         channels = {name: task.channels for name, task in self.tasks.items()}
         self.model = build_model(config.model, channels, config.width).to(self.device)
         if config.init_checkpoint:
@@ -490,7 +494,10 @@ class Run:
 
     def loader(self, dataset, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.config.seed)
-        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle,
+        # An augmented set takes each epoch's seed with its shuffled indices.
+        sampler = SeededSampler(dataset, generator) if isinstance(dataset, Augmented) else None
+        return DataLoader(dataset, batch_size=self.config.batch_size,
+                          shuffle=shuffle and sampler is None, sampler=sampler,
                           drop_last=shuffle and len(dataset) >= self.config.batch_size,
                           generator=generator, num_workers=self.config.workers,
                           # workers start afresh each epoch: a persistent loader draws its

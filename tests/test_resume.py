@@ -60,11 +60,12 @@ SETTINGS = {
     "adaptive weights": dict(iterations=6, task_weighting="adaptive", window=2),
     "dense": dict(iterations=6, dense=True),
     "loading workers": dict(iterations=6, workers=1),
+    "augmented": dict(iterations=6, workers=1, augment=True),
 }
 # (settings, which checkpoint the kill follows): checkpoints come every 2 steps of each phase
 CASES = [("static", 2), ("pretrained", 1), ("pretrained", 3), ("iterative", 4),
          ("iterative-rewind", 3), ("dynamic", 2), ("adaptive weights", 1), ("dense", 2),
-         ("loading workers", 2)]
+         ("loading workers", 2), ("augmented", 2)]
 
 
 @pytest.mark.parametrize("name, kill_at", CASES, ids=[f"{n}, kill {k}" for n, k in CASES])
