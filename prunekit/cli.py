@@ -19,7 +19,7 @@ from .cli_options import (comma_list, echo_err, float_list, image_size, learning
                           options)
 from . import distributed
 from .engine import QUICK, Run, RunConfig, RunResult, resume_run, run
-from .errors import PrunekitError, one_line
+from .errors import PrunekitError, one_line, user_message
 from .interfaces import INTERFACES
 from .config_file import read_config_file
 from .report import format_summary
@@ -420,7 +420,7 @@ def main(argv=None) -> None:
             click.echo(f"prunekit: {one_line(exc)}", err=True)
         code = STOPPED
     except PrunekitError as exc:
-        click.echo(f"prunekit: error: {one_line(exc)}", err=True)
+        click.echo(f"prunekit: error: {user_message(exc)}", err=True)
         code = USAGE_ERROR
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("prunekit: interrupted", err=True)

@@ -450,8 +450,9 @@ class Run:
                                   config.seed)
         val_set = build_dataset(config.dataset, "val", config.data_root, config.image_size,
                                 config.seed)
-        if 0 < config.val_samples < len(val_set):
-            val_set = Subset(val_set, range(config.val_samples))
+        if 0 < config.val_samples < len(val_set):  # evenly spread: splits are often ordered
+            # by scene or building
+            val_set = Subset(val_set, evenly_spaced(len(val_set), config.val_samples))
         self.tasks = build_tasks(config.tasks, train_set)
         if config.retrain_from_scratch:  # the sweep is judged on training samples held out
             train_set, selection_set = hold_out(train_set, SELECTION_SHARE, config.val_samples)
@@ -757,6 +758,11 @@ def check_filter_mode(config: RunConfig, scorer: Scorer) -> None:
     if config.rewind:
         raise PrunekitError("--rewind resets surviving weights of an element-wise mask; a "
                             "structured run changes the architecture (see --retrain-from-scratch)")
+
+
+def evenly_spaced(length: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(length)``, the first one 0."""
+    return [index * length // count for index in range(count)]
 
 
 def hold_out(dataset, share: float, most: int) -> tuple[Subset, Subset]:

@@ -11,6 +11,21 @@ def one_line(message: object, limit: int | None = None) -> str:
     return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
 
 
+# torch puts this, and the worker's traceback, before the message of an error raised while a
+# data-loading worker process reads a sample.
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def user_message(error: BaseException) -> str:
+    """``error``'s message on one line, without the worker traceback of a sample that a
+    data-loading worker failed to read (its last line ends with the message)."""
+    text = str(error)
+    if WORKER_TRACEBACK in text:
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(": ", 1)[-1]
+    return one_line(text)
+
+
 class PrunekitError(Exception):
     """A problem with the user's input or run (bad flag, bad path, NaN loss, unknown plugin)."""
 

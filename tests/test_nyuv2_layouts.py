@@ -20,6 +20,13 @@ NYU13_OF_NYU40 = [12, 5, 6, 1, 4, 9, 10, 12, 13, 6, 8, 6, 13, 10, 6, 13, 6, 7, 7
                   11, 7, 7, 7, 7, 7, 7, 6, 7, 7, 7, 7, 7, 7, 6, 7]
 
 
+def decoded(pixels):
+    """8-bit normals back in [-1, 1], scaled to unit length unless far from it."""
+    normals = pixels / 255 * 2 - 1
+    length = np.linalg.norm(normals, axis=-1, keepdims=True)
+    return np.where(length > 0.5, normals / np.maximum(length, 0.5), normals)
+
+
 def write_json_layout(root, counts=(("train", 3), ("test", 2)), name="nyu_v2_3task.json"):
     """A tiny dataset in the JSON layout; returns {(split, index): the arrays written}."""
     rng = np.random.default_rng(5)
@@ -72,11 +79,14 @@ def test_json_layout_samples(json_root):
                                                      abs=1e-4)
     # normals: R, G, B -> x, y, z in [-1, 1]; a pixel with a channel at 255 has no reading
     normal = sample["normal"].permute(1, 2, 0).numpy()
-    assert np.allclose(normal[0, 0], raw["normal"][0, 0] / 255 * 2 - 1, atol=1e-6)
+    assert np.allclose(normal[0, 0], decoded(raw["normal"][0, 0]), atol=1e-6)
     assert (normal[1, 0] == 0).all()
     valid = ~(raw["normal"] == 255).any(axis=-1)
-    assert np.allclose(normal[valid], raw["normal"][valid] / 255 * 2 - 1, atol=1e-6)
+    assert np.allclose(normal[valid], decoded(raw["normal"][valid]), atol=1e-6)
     assert normal.min() >= -1 and normal.max() <= 1
+    lengths = np.linalg.norm(normal[valid], axis=-1)
+    stored_lengths = np.linalg.norm(raw["normal"][valid] / 255 * 2 - 1, axis=-1)
+    assert np.allclose(lengths[stored_lengths > 0.5], 1, atol=1e-5)  # unit again after 8 bits
     # depth as stored, 0 kept for no reading
     assert torch.equal(sample["depth"][0], torch.from_numpy(raw["depth"]))
     assert (sample["depth"][0, 2] == 0).all()
@@ -161,12 +171,13 @@ def rewrite_json(root, content):
 
 @pytest.mark.parametrize("content, message", [
     ("{", "cannot read .* as JSON"),
-    ("[]", "not a NYUv2 JSON-layout file"),
+    ("[]", "is not a file of sample lists"),
     ('{"train": [["a.png", "b.png", "c.png", "d.npy"]]}',
      "has no 'test' split \\(it has: train\\)"),
     ('{"train": [], "test": []}', "not a non-empty list"),
     ('{"train": [["a.png", "b.png", "c.png"]], "test": []}', "entry 0 .* not a list of 4 paths"),
     ('{"train": {"a": 1}, "test": []}', "not a non-empty list"),
+    ("[" * 100_000, "cannot read .* as JSON"),       # nested past Python's recursion limit
 ])
 def test_json_structure_errors(json_root, content, message):
     root, _ = json_root
@@ -212,3 +223,17 @@ def test_cli_runs_on_the_json_layout(tmp_path, capsys):
     assert exit_.value.code == 2
     assert "not a non-empty list" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_labels_outside_the_8_bit_range_are_ignored(json_root):
+    """Label files in a format that stores negatives (an int32 TIFF here) are not clipped into
+    a class: -1 and 300 are ignored like 255."""
+    root, written = json_root
+    lists = json.loads((root / "nyu_v2_3task.json").read_text())
+    labels = written["train", 0]["seg"].astype(np.int32)
+    labels[0, :3] = (-1, 300, 7)
+    Image.fromarray(labels, mode="I").save(root / "seg" / "train000.tif")
+    lists["train"][0][1] = "seg/train000.tif"
+    rewrite_json(root, json.dumps(lists))
+    seg = build_dataset("nyuv2-40", "train", str(root))[0]["seg"]
+    assert seg[0, :3].tolist() == [IGNORE_INDEX, IGNORE_INDEX, 7]

@@ -28,21 +28,21 @@ JSON (the .npy files hold only 13 classes).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import PrunekitError, one_line
-from .images import (bgr_minus_mean, normals_from_rgb, read_image_file, read_label_file,
-                     read_npy_file)
+from ..errors import PrunekitError
+from .file_lists import read_file_lists
+from .images import (bgr_minus_mean, checked_shape, normals_from_rgb, read_image_file,
+                     read_label_file, read_npy_file)
 from .nyuv2 import NYUv2, channels_first, resize
 from .synthetic import IGNORE_INDEX, NYU13_CLASSES
 
 JSON_NAME = "nyu_v2_3task.json"
-SPLIT_KEYS = {"train": "train", "val": "test"}  # prunekit split -> the JSON's key
+FIELDS = ("image", "seg", "normal", "depth")  # the files of one sample, in the lists' order
 
 # Each NYU40 class (in id order 1..40) and the NYU13 class it belongs to: the 13-class task of
 # Couprie et al. 2013, as in class13Mapping.mat of ankurhanda/nyuv2-meta-data (used by MTAN).
@@ -84,7 +84,7 @@ class NYUv2Json(Dataset):
                  size: tuple[int, int] | None = None):
         self.json_path = Path(json_path)
         self.root = self.json_path.parent
-        self.entries = read_split(self.json_path, SPLIT_KEYS[split])
+        self.entries = read_file_lists(self.json_path, split, FIELDS)
         missing = [p for entry in self.entries for p in entry if not (self.root / p).is_file()]
         if missing:
             raise PrunekitError(f"{len(missing)} file(s) listed in {str(self.json_path)!r} are "
@@ -100,21 +100,22 @@ class NYUv2Json(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_path, seg_path, normal_path, depth_path = (self.root / p for p in self.entries[index])
-        pixels = checked(read_image_file(image_path), image_path, 3, "a colour image")
+        pixels = checked_shape(read_image_file(image_path), image_path, 3, "a colour image")
         stored = read_label_file(seg_path)
-        normal_pixels = checked(read_image_file(normal_path), normal_path, 3,
+        normal_pixels = checked_shape(read_image_file(normal_path), normal_path, 3,
                                 "a three-channel normal image")
         normal = normals_from_rgb(normal_pixels)
         normal[(normal_pixels == 255).any(axis=-1)] = 0.0          # no reading
         depth = read_npy_file(depth_path)
-        depth = checked(depth[..., 0] if depth.ndim == 3 and depth.shape[-1] == 1 else depth,
+        depth = checked_shape(depth[..., 0] if depth.ndim == 3 and depth.shape[-1] == 1 else depth,
                         depth_path, 2, "a depth map [H, W]")
+        outside_table = (stored < 0) | (stored > 255)  # other label formats: ignored
         sizes = {pixels.shape[:2], stored.shape, normal.shape[:2], depth.shape}
         if len(sizes) > 1:
             raise PrunekitError(f"sample {index} of {str(self.json_path)!r} has files of "
                                 f"different sizes: {sorted(sizes)}")
         sample = {"image": channels_first(bgr_minus_mean(pixels)),
-                  "seg": torch.from_numpy(self.labels[np.clip(stored, 0, 255)]),
+                  "seg": torch.from_numpy(self.labels[np.where(outside_table, 255, stored)]),
                   "depth": channels_first(depth), "normal": channels_first(normal)}
         return resize(sample, self.size) if self.size else sample
 
@@ -122,38 +123,6 @@ class NYUv2Json(Dataset):
 class NYUv2Json40(NYUv2Json):
     class_names = NYU40_CLASSES
     labels = label_table(list(range(len(NYU40_CLASSES))))
-
-
-def checked(array: np.ndarray, path: Path, ndim: int, what: str) -> np.ndarray:
-    """``array`` when it has ``ndim`` dimensions (3 meaning three channels), else one line."""
-    if array.ndim != ndim or (ndim == 3 and array.shape[-1] != 3):
-        raise PrunekitError(f"{str(path)!r} is not {what} (shape {tuple(array.shape)})")
-    return array
-
-
-def read_split(path: Path, key: str) -> list[list[str]]:
-    """The entries of split ``key`` of a JSON-layout file, checked to be [image, seg, normal,
-    depth] paths."""
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise PrunekitError(f"cannot read {str(path)!r} as JSON: {one_line(error)}") from None
-    if not isinstance(info, dict):
-        raise PrunekitError(f"{str(path)!r} is not a NYUv2 JSON-layout file: expected an "
-                            f"object of splits, got {type(info).__name__}")
-    if key not in info:
-        raise PrunekitError(f"{str(path)!r} has no {key!r} split (it has: "
-                            f"{', '.join(map(str, info)) or 'none'})")
-    entries = info[key]
-    if not isinstance(entries, list) or not entries:
-        raise PrunekitError(f"split {key!r} of {str(path)!r} is not a non-empty list of samples")
-    for number, entry in enumerate(entries):
-        if (not isinstance(entry, list) or len(entry) != 4
-                or not all(isinstance(p, str) for p in entry)):
-            raise PrunekitError(f"entry {number} of split {key!r} in {str(path)!r} is not a "
-                                f"list of 4 paths [image, seg, normal, depth]: "
-                                f"{one_line(json.dumps(entry), 80)}")
-    return entries
 
 
 def json_file(root: Path) -> Path | None:

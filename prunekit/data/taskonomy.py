@@ -7,7 +7,8 @@
     ROOT/keypoints2d/taskonomy/BUILDING/..._domain_keypoints2d.png                   16-bit
     ROOT/edge_texture/taskonomy/BUILDING/..._domain_edge_texture.png                 16-bit
 
-and the split, from one of (the first found):
+(the older spelling ``segmentsemantic`` of the seg domain, in the folder's or the files' names,
+is found too), and the split, from one of (the first found):
 
     ROOT/taskonomy.json            DiSparse's file lists: {"train": [[rgb, seg, normal, depth,
                                    keypoint, edge], ...], "test": [...]}; a listed path
@@ -28,7 +29,6 @@ minus ``BGR_MEAN`` (prunekit/data/images.py), not scaled.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -37,19 +37,19 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import PrunekitError
-from .images import bgr_minus_mean, normals_from_rgb, read_image_file, read_label_file
+from .file_lists import SPLIT_KEYS, read_file_lists
+from .images import (bgr_minus_mean, checked_shape, normals_from_rgb, read_image_file,
+                     read_label_file, require_file)
 from .nyuv2 import channels_first, resize
 from .synthetic import IGNORE_INDEX
 
-# Each task's folder, and the domain names its files may end in (the first is the current
-# release's, the second the spelling of the older release AdaShare's file lists use).
+# Each task's domain: the names its folder and its files' ending may have (the first is the
+# current release's, the second the spelling of the older release AdaShare's file lists use).
 DOMAINS = {"image": ("rgb",), "seg": ("segment_semantic", "segmentsemantic"),
            "normal": ("normal",), "depth": ("depth_zbuffer",), "keypoint": ("keypoints2d",),
            "edge": ("edge_texture",)}
 FOLDERS = {key: names[0] for key, names in DOMAINS.items()}
 COMPONENT = "taskonomy"  # the folder between domain and building
-JSON_SPLITS = {"train": "train", "val": "test"}
-CSV_COLUMNS = {"train": "train", "val": "test"}
 JSON_FILE, CSV_FILE = "taskonomy.json", "train_val_test_tiny.csv"
 
 NUM_CLASSES = 17
@@ -79,16 +79,20 @@ def clipped_to_unit_range(stored: np.ndarray, clip: float) -> np.ndarray:
 
 def read_sixteen_bit(path: Path) -> np.ndarray:
     pixels = read_image_file(path)
-    if pixels.ndim != 2 or pixels.dtype == np.uint8:
+    if pixels.ndim != 2 or pixels.dtype not in (np.uint16, np.int32):
         raise PrunekitError(f"{str(path)!r} is not a one-channel 16-bit PNG, as Taskonomy "
                             f"stores depth, keypoints and edges")
     return pixels
 
 
-def checked_rgb(pixels: np.ndarray, path: Path) -> np.ndarray:
-    if pixels.ndim != 3:
-        raise PrunekitError(f"{str(path)!r} is not an RGB image")
-    return pixels
+def respelled(relative: str, folder: str, name: str) -> str:
+    """``relative`` (DOMAIN/taskonomy/BUILDING/VIEW_domain_DOMAIN.png) in the domain folder
+    ``folder``, its file ending in ``_domain_{name}.png``."""
+    parts = relative.split("/")
+    parts[0] = folder
+    if "_domain_" in parts[-1]:
+        parts[-1] = f"{parts[-1].rsplit('_domain_', 1)[0]}_domain_{name}.png"
+    return "/".join(parts)
 
 
 class Taskonomy(Dataset):
@@ -103,8 +107,8 @@ class Taskonomy(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise PrunekitError(f"{self.dataset_name} data root {str(self.root)!r} does not exist")
-        missing = [f"{f}/{COMPONENT}" for f in FOLDERS.values()
-                   if not (self.root / f / COMPONENT).is_dir()]
+        missing = [f"{names[0]}/{COMPONENT}" for names in DOMAINS.values()
+                   if not any((self.root / name / COMPONENT).is_dir() for name in names)]
         if missing:
             raise PrunekitError(f"{str(self.root)!r} lacks the folder(s) {', '.join(missing)}; "
                                 f"expected the Tiny-Taskonomy layout DOMAIN/{COMPONENT}/BUILDING/"
@@ -118,10 +122,8 @@ class Taskonomy(Dataset):
                                 f"lists) nor {CSV_FILE} (Taskonomy's building split)")
         if not self.samples:
             raise PrunekitError(f"the {split!r} split of {str(self.root)!r} has no images")
-        first = self.samples[0]["image"]
-        if not first.is_file():
-            raise PrunekitError(f"missing image file {str(first)!r}, the first of the {split!r} "
-                                f"split")
+        for key, relative in zip(FOLDERS, self.samples[0]):  # the others are read when needed
+            require_file(self.root / relative, f"{key} file (of the first {split!r} sample)")
         self.size = tuple(size)
 
     @property
@@ -131,27 +133,14 @@ class Taskonomy(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def listed_samples(self, split: str) -> list[dict[str, Path]]:
-        """The groups of ``taskonomy.json`` under the split's key."""
-        path = self.root / JSON_FILE
-        try:
-            lists = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise PrunekitError(f"cannot read {str(path)!r}: {error}") from None
-        key = JSON_SPLITS[split]
-        if not isinstance(lists, dict) or not isinstance(lists.get(key), list):
-            keys = ", ".join(map(str, lists)) if isinstance(lists, dict) else "none"
-            raise PrunekitError(f"{str(path)!r} has no list {key!r} (its keys: {keys})")
-        samples = []
-        for i, group in enumerate(lists[key]):
-            if (not isinstance(group, list) or len(group) != len(FOLDERS)
-                    or not all(isinstance(p, str) for p in group)):
-                raise PrunekitError(f"{str(path)!r}: entry {i} of {key!r} is not a list of "
-                                    f"{len(FOLDERS)} paths ({', '.join(FOLDERS.values())})")
-            samples.append({k: self.root / disparse_path(p) for k, p in zip(FOLDERS, group)})
-        return samples
+    def listed_samples(self, split: str) -> list[tuple[str, ...]]:
+        """The groups of ``taskonomy.json`` under the split's key, as DiSparse reads their
+        paths, in the spelling of the domains found on disk."""
+        entries = read_file_lists(self.root / JSON_FILE, split, tuple(FOLDERS.values()))
+        rows = [tuple(disparse_path(p) for p in entry) for entry in entries]
+        return self.in_spelling_on_disk(rows)
 
-    def building_samples(self, split: str) -> list[dict[str, Path]]:
+    def building_samples(self, split: str) -> list[tuple[str, ...]]:
         """Every rgb image of the buildings the csv puts in the split, by building then name."""
         samples = []
         suffix = f"_domain_{FOLDERS['image']}.png"
@@ -161,19 +150,32 @@ class Taskonomy(Dataset):
                 raise PrunekitError(f"missing building folder {str(folder)!r} (listed in "
                                     f"{CSV_FILE})")
             views = [image.name[: -len(suffix)] for image in sorted(folder.glob(f"*{suffix}"))]
-            if not views:
-                continue
-            # one spelling per building, from its first view (no stat per file)
-            domains = {key: self.domain_spelling(key, building, views[0]) for key in self.tasks}
-            samples += [{"image": folder / f"{view}{suffix}", **{
-                key: self.root / FOLDERS[key] / COMPONENT / building / f"{view}_domain_{name}.png"
-                for key, name in domains.items()}} for view in views]
+            rows = [tuple(f"{name}/{COMPONENT}/{building}/{view}_domain_{name}.png"
+                          for name in FOLDERS.values()) for view in views]
+            samples += self.in_spelling_on_disk(rows)  # per building: no stat per file
         return samples
 
+    def in_spelling_on_disk(self, rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+        """``rows`` with each domain spelled as the first row's files are on disk (older and
+        newer releases name some domains differently); a domain found in no spelling is kept
+        as given, for the first-sample check to report."""
+        if not rows:
+            return rows
+        columns = list(zip(*rows))
+        for column, key in enumerate(FOLDERS):
+            first = rows[0][column]
+            if (self.root / first).is_file():
+                continue
+            found = next(((folder, name) for folder in DOMAINS[key] for name in DOMAINS[key]
+                          if (self.root / respelled(first, folder, name)).is_file()), None)
+            if found:
+                columns[column] = tuple(respelled(p, *found) for p in columns[column])
+        return list(zip(*columns))
+
     def split_buildings(self, split: str) -> list[str]:
-        path, column = self.root / CSV_FILE, CSV_COLUMNS[split]
+        path, column = self.root / CSV_FILE, SPLIT_KEYS[split]
         try:
-            with path.open(newline="") as file:
+            with path.open(newline="", encoding="utf-8-sig") as file:  # Excel writes a BOM
                 rows = list(csv.DictReader(file, skipinitialspace=True))
         except (OSError, UnicodeDecodeError, csv.Error) as error:
             raise PrunekitError(f"cannot read {str(path)!r}: {error}") from None
@@ -181,18 +183,13 @@ class Taskonomy(Dataset):
             raise PrunekitError(f"{str(path)!r} needs the columns id,train,val,test")
         return [row["id"].strip() for row in rows if (row[column] or "").strip() == "1"]
 
-    def domain_spelling(self, key: str, building: str, view: str) -> str:
-        """The domain name the building's files of ``key`` end in (the first, if none exists)."""
-        folder = self.root / FOLDERS[key] / COMPONENT / building
-        return next((name for name in DOMAINS[key]
-                     if (folder / f"{view}_domain_{name}.png").is_file()), DOMAINS[key][0])
-
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self.samples):
             raise IndexError(index)
-        paths = self.samples[index]
-        image = checked_rgb(read_image_file(paths["image"]), paths["image"])
-        normal = checked_rgb(read_image_file(paths["normal"]), paths["normal"])
+        paths = {key: self.root / relative for key, relative in zip(FOLDERS, self.samples[index])}
+        image = checked_shape(read_image_file(paths["image"]), paths["image"], 3, "an RGB image")
+        normal = checked_shape(read_image_file(paths["normal"]), paths["normal"], 3,
+                               "an RGB normal image")
         sample = {
             "image": channels_first(bgr_minus_mean(image)),
             "seg": seg_classes(read_label_file(paths["seg"])),
@@ -201,7 +198,10 @@ class Taskonomy(Dataset):
             **{key: channels_first(clipped_to_unit_range(read_sixteen_bit(paths[key]), clip))
                for key, clip in CLIP.items()},
         }
-        return resize(sample, self.size) if sample["image"].shape[1:] != self.size else sample
+        # Each file is resized on its own (as DiSparse does), so sizes may differ on disk.
+        if any(target.shape[-2:] != self.size for target in sample.values()):
+            sample = resize(sample, self.size)
+        return sample
 
 
 def disparse_path(path: str) -> str:

@@ -19,7 +19,7 @@ class Meter(ABC):
 class Task(ABC):
     """One prediction task. ``name`` is also the key of its target in a batch."""
 
-    name: ClassVar[str]
+    name: str
     # metric name -> True when a higher value is better (the sign used in Delta_T)
     higher_is_better: ClassVar[dict[str, bool]]
 
@@ -33,3 +33,12 @@ class Task(ABC):
 
     @abstractmethod
     def meter(self) -> Meter: ...
+
+
+def masked_l1(prediction: torch.Tensor, target: torch.Tensor,
+              valid: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the ``valid`` pixels; 0, still attached to the graph, when a
+    batch has none."""
+    if not valid.any():
+        return prediction.sum() * 0.0
+    return (prediction[valid] - target[valid]).abs().mean()

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .base import Meter, Task
+from .base import Meter, Task, masked_l1
 
 
 def valid_pixels(target: torch.Tensor) -> torch.Tensor:
@@ -41,10 +41,7 @@ class DenseL1Task(Task):
         self.name = name
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        valid = valid_pixels(target)
-        if not valid.any():
-            return prediction.sum() * 0.0  # keeps the graph for a batch without values
-        return (prediction[valid] - target[valid]).abs().mean()
+        return masked_l1(prediction, target, valid_pixels(target))
 
     def meter(self) -> Meter:
         return AbsErrorMeter()

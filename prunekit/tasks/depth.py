@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Meter, Task
+from .base import Meter, Task, masked_l1
 
 MIN_DEPTH = 1e-3  # predictions are clamped here before ratios are taken
 
@@ -43,10 +43,7 @@ class DepthTask(Task):
     channels = 1
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        valid = valid_depth(target)
-        if not valid.any():
-            return prediction.sum() * 0.0  # keeps the graph for a batch without readings
-        return (prediction[valid] - target[valid]).abs().mean()
+        return masked_l1(prediction, target, valid_depth(target))
 
     def meter(self) -> Meter:
         return DepthMeter()
