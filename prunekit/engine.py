@@ -454,6 +454,7 @@ class Run:
             # by scene or building
             val_set = Subset(val_set, evenly_spaced(len(val_set), config.val_samples))
         self.tasks = build_tasks(config.tasks, train_set)
+        self.report["data"] = data_record(train_set, val_set)
         if config.retrain_from_scratch:  # the sweep is judged on training samples held out
             train_set, selection_set = hold_out(train_set, SELECTION_SHARE, config.val_samples)
             self.selection_loader = self.loader(selection_set, shuffle=False)
@@ -758,6 +759,14 @@ def check_filter_mode(config: RunConfig, scorer: Scorer) -> None:
     if config.rewind:
         raise PrunekitError("--rewind resets surviving weights of an element-wise mask; a "
                             "structured run changes the architecture (see --retrain-from-scratch)")
+
+
+def data_record(train_set, val_set) -> dict:
+    """What the run read: the loader (which tells a dataset's layouts apart), the samples'
+    size (from the first one) and the splits' lengths, as the report keeps them."""
+    return {"loader": type(train_set).__name__,
+            "image_size": list(train_set[0]["image"].shape[-2:]),
+            "train_samples": len(train_set), "val_samples": len(val_set)}
 
 
 def evenly_spaced(length: int, count: int) -> list[int]:

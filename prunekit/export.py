@@ -128,8 +128,11 @@ def load_run(run_dir: str | Path, device: str) -> tuple[nn.Module, dict[str, tor
 def run_input_size(run_dir: str | Path) -> tuple[int, int]:
     """The image size the run trained on: its --image-size, else its dataset's own size."""
     try:
-        config = json.loads((Path(run_dir) / "report.json").read_text())["config"]
-        size, dataset = config.get("image_size"), config.get("dataset")
+        report = json.loads((Path(run_dir) / "report.json").read_text())
+        config = report["config"]
+        # the size the run's samples had (runs before the record: the size it asked for)
+        size = report.get("data", {}).get("image_size") or config.get("image_size")
+        dataset = config.get("dataset")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise PrunekitError(f"{str(run_dir)!r} has no readable report.json to take the input "
                             f"size from; pass --input-size HxW") from None

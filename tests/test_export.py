@@ -42,6 +42,7 @@ def all_sparse(model, masks, example):
 
 def test_the_run_input_size_and_layers(run_dir):
     assert export.run_input_size(run_dir) == INPUT
+    assert json.loads((run_dir / "report.json").read_text())["data"]["image_size"] == list(INPUT)
     model, masks = export.load_run(run_dir, "cpu")
     convs = export.masked_convs(model, masks)
     assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 50
@@ -139,6 +140,14 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, run_dir, args, 
     code, _, err = invoke(capsys, *args)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_input_size_is_the_one_the_samples_had(tmp_path):
+    """A dataset stored at several sizes (NYUv2: 288x384 .npy, 480x640 JSON): the report's
+    record of the samples wins over the dataset's usual size."""
+    (tmp_path / "report.json").write_text(json.dumps(
+        {"config": {"dataset": "nyuv2", "image_size": None}, "data": {"image_size": [480, 640]}}))
+    assert export.run_input_size(tmp_path) == (480, 640)
 
 
 @pytest.mark.parametrize("report, message", [

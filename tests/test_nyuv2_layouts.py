@@ -214,6 +214,8 @@ def test_cli_runs_on_the_json_layout(tmp_path, capsys):
     assert exit_.value.code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["config"]["dataset"] == "nyuv2"
+    assert report["data"] == {"loader": "NYUv2Json", "image_size": [16, 20], "train_samples": 4,
+                              "val_samples": 2}
     assert set(report["metrics"]) == {"seg", "depth", "normal"}
     rewrite_json(root, '{"train": []}')
     with pytest.raises(SystemExit) as exit_:
