@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import shutil
 import sys
@@ -24,7 +25,7 @@ from ._version import __version__
 from .api import check_arbiter, check_scope, check_sparsity, compute_masks, resolve
 from .data import build_dataset
 from .data.augment import Augmented, SeededSampler
-from .errors import NonFiniteLossError, PrunekitError, UnknownNameError, one_line
+from .errors import NonFiniteLossError, PrunekitError, UnknownNameError, one_line, user_message
 from .files import save_torch, write_json
 from .interfaces import Masks, Scorer, Thresholder
 from .layout import ResolvedLayout
@@ -455,6 +456,8 @@ class Run:
             val_set = Subset(val_set, evenly_spaced(len(val_set), config.val_samples))
         self.tasks = build_tasks(config.tasks, train_set)
         self.report["data"] = data_record(train_set, val_set)
+        if self.baseline is not None:
+            self.check_baseline_data()
         if config.retrain_from_scratch:  # the sweep is judged on training samples held out
             train_set, selection_set = hold_out(train_set, SELECTION_SHARE, config.val_samples)
             self.selection_loader = self.loader(selection_set, shuffle=False)
@@ -494,10 +497,29 @@ class Run:
         """Resolve the layout against the model's current modules (after filter removal too)."""
         self.layout = model_layout(self.model).for_tasks(self.config.tasks).resolve(self.model)
 
+    def check_baseline_data(self) -> None:
+        """Warn when the --baseline run was evaluated on other data: its Delta_T would compare
+        metrics of different samples."""
+        theirs = self.baseline.get("config", {})
+        differ = [f"--{key.replace('_', '-')}" for key in ("dataset", "image_size", "val_samples")
+                  if theirs.get(key) != as_json(getattr(self.config, key))]
+        if self.baseline.get("data", self.report["data"]) != self.report["data"]:
+            differ.append("the data read (report 'data')")
+        if differ:
+            self.warn(f"the baseline run differs in {', '.join(differ)}: Delta_T compares "
+                      "metrics of different evaluations")
+        elif "data" not in self.baseline:
+            self.warn("the baseline report has no 'data' record (an older prunekit, which "
+                      "evaluated the first --val-samples samples, not samples spread over the "
+                      "split): Delta_T may compare different evaluations")
+
     def loader(self, dataset, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.config.seed)
         # An augmented set takes each epoch's seed with its shuffled indices.
-        sampler = SeededSampler(dataset, generator) if isinstance(dataset, Augmented) else None
+        augmented = isinstance(dataset, Augmented)
+        if augmented and not shuffle:
+            raise ValueError("an augmented dataset is read in a shuffled order")
+        sampler = SeededSampler(dataset, generator) if augmented else None
         return DataLoader(dataset, batch_size=self.config.batch_size,
                           shuffle=shuffle and sampler is None, sampler=sampler,
                           drop_last=shuffle and len(dataset) >= self.config.batch_size,
@@ -685,7 +707,7 @@ class Run:
         """Write report.json: complete only when the run finished; never a stale checkpoint.
         A finished run needs no resume.pt; a failed or stopped one keeps its last one."""
         if error is not None:
-            self.report["error"] = str(error) or type(error).__name__
+            self.report["error"] = user_message(error) or type(error).__name__
             self.report["stopped"] = isinstance(error, RunStopped)
             (self.out_dir / "checkpoint.pt").unlink(missing_ok=True)
         elif self.writer:
@@ -767,6 +789,11 @@ def data_record(train_set, val_set) -> dict:
     return {"loader": type(train_set).__name__,
             "image_size": list(train_set[0]["image"].shape[-2:]),
             "train_samples": len(train_set), "val_samples": len(val_set)}
+
+
+def as_json(value):
+    """``value`` as it reads back from report.json (tuples become lists)."""
+    return json.loads(json.dumps(value))
 
 
 def evenly_spaced(length: int, count: int) -> list[int]:

@@ -17,12 +17,12 @@ WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
 
 def user_message(error: BaseException) -> str:
-    """``error``'s message on one line, without the worker traceback of a sample that a
-    data-loading worker failed to read (its last line ends with the message)."""
+    """``error``'s message on one line, without the traceback torch puts before the message
+    of an error in a data-loading worker (which ends with ``module.Class: message``)."""
     text = str(error)
     if WORKER_TRACEBACK in text:
-        last = text.rstrip().splitlines()[-1]
-        text = last.split(": ", 1)[-1]
+        prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+        text = text.rsplit(prefix, 1)[-1]
     return one_line(text)
 
 

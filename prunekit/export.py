@@ -126,12 +126,13 @@ def load_run(run_dir: str | Path, device: str) -> tuple[nn.Module, dict[str, tor
 
 
 def run_input_size(run_dir: str | Path) -> tuple[int, int]:
-    """The image size the run trained on: its --image-size, else its dataset's own size."""
+    """The image size the run trained on: its samples' (the report's ``data`` record), else
+    its --image-size, else its dataset's usual size (reports written before the record)."""
     try:
         report = json.loads((Path(run_dir) / "report.json").read_text())
         config = report["config"]
         # the size the run's samples had (runs before the record: the size it asked for)
-        size = report.get("data", {}).get("image_size") or config.get("image_size")
+        size = (report.get("data") or {}).get("image_size") or config.get("image_size")
         dataset = config.get("dataset")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise PrunekitError(f"{str(run_dir)!r} has no readable report.json to take the input "

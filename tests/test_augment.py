@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from prunekit import PrunekitError
 from prunekit.data import augment as augment_module
 from prunekit.data.augment import Augmented, SeededSampler, augment, crop_or_pad
 from prunekit.data.synthetic import IGNORE_INDEX
@@ -126,3 +127,21 @@ def test_the_cli_flag_turns_augmentation_on_and_the_report_says_so(capsys, tmp_p
     assert report["config"]["augment"] is True
     report, _ = quick_run(capsys, tmp_path / "plain", "--iterations", "2")
     assert report["config"]["augment"] is False
+
+
+def test_augment_with_held_out_selection_samples(tmp_path):
+    """--retrain-from-scratch holds samples out (a Subset, which has __getitems__): the
+    augmented rest still loads through the (index, seed) keys."""
+    run = prepared(augment=True, retrain_from_scratch=True, mode="iterative", scorer="taylor",
+                   out=str(tmp_path))
+    batch = next(iter(run.train_loader))
+    assert batch["image"].shape[0] == QUICK["batch_size"]
+    assert not isinstance(run.selection_loader.dataset, Augmented)
+
+
+def test_integer_targets_without_a_known_padding_are_refused(monkeypatch):
+    fixed(monkeypatch, 0.5, flip=False)
+    with pytest.raises(PrunekitError, match="does not know how to pad the torch.int64 target "
+                                            "'instance'"):
+        augment({**sample(), "instance": torch.zeros(1, 6, 8, dtype=torch.long)},
+                np.random.default_rng(0))

@@ -71,6 +71,7 @@ def test_delta_t_against_the_dense_baseline(runs):
     assert dense["sparsity"]["achieved"] == 0.0 and "scorer" not in dense["plugins"]
     pruned = json.loads((runs["pruned"] / "report.json").read_text())
     delta = pruned["delta_t"]
+    assert not any("baseline" in warning for warning in pruned["warnings"])  # same data
     assert set(delta["per_task"]) == set(TASKS)
     assert delta["overall"] == pytest.approx(sum(delta["per_task"].values()) / 3)
 
@@ -380,3 +381,17 @@ def test_soft_threshold_takes_no_layer_scope(capsys, tmp_path):
     code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--thresholder",
                           "soft-threshold", "--scope", "layer", "--out", str(tmp_path / "r"))
     assert code == 2 and "supports scope global, not 'layer'" in err
+
+
+@pytest.mark.parametrize("change, warning", [
+    (lambda report: report["config"].update(val_samples=64), "differs in --val-samples"),
+    (lambda report: report.pop("data"), "has no 'data' record"),
+])
+def test_a_baseline_evaluated_on_other_data_is_warned_of(runs, tmp_path, capsys, change, warning):
+    report = json.loads((runs["dense"] / "report.json").read_text())
+    change(report)
+    (tmp_path / "dense").mkdir()
+    (tmp_path / "dense" / "report.json").write_text(json.dumps(report))
+    pruned, _ = quick_run(capsys, tmp_path / "pruned", "--baseline", str(tmp_path / "dense"))
+    assert [w for w in pruned["warnings"] if warning in w and "Delta_T" in w]
+    assert "delta_t" in pruned

@@ -74,6 +74,11 @@ def test_a_worker_traceback_is_cut_to_its_message():
                             '  File "worker.py", line 349, in _worker_loop\n'
                             "prunekit.errors.PrunekitError: missing image file '/d/a.png'\n")
     assert user_message(wrapped) == "missing image file '/d/a.png'"
+    two_lines = PrunekitError("Caught PrunekitError in DataLoader worker process 0.\n"
+                              "Original Traceback (most recent call last):\n"
+                              "prunekit.errors.PrunekitError: cannot read 'b.npy': one\n"
+                              "two: detail\n")
+    assert user_message(two_lines) == "cannot read 'b.npy': one two: detail"
     assert user_message(PrunekitError("plain:\nmessage")) == "plain: message"
 
 

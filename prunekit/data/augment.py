@@ -2,7 +2,10 @@
 [0.5, 1.5], a crop back to the sample's size (padded where the scaled sample is smaller) and a
 horizontal flip with probability 1/2, the same for the image and every target.
 
-What the targets need:
+The image is padded with 0: black for the datasets in RGB [0, 1], the mean colour for those
+normalised as DiSparse does (BGR minus the mean; DiSparse pads with black before subtracting).
+What the targets need (DiSparse pads every target with 255; here each gets what its task leaves
+out):
 - ``seg``: nearest resize; padding is ``IGNORE_INDEX``.
 - ``depth``: nearest resize, values kept (as DiSparse and AdaShare do; the scale is a zoom of the
   image, not a move of the camera); padding is 0, which the depth task reads as no reading.
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, RandomSampler, Sampler
 
+from ..errors import PrunekitError
 from .synthetic import IGNORE_INDEX
 
 SCALES = (0.5, 1.5)
@@ -62,7 +66,9 @@ class Augmented(Dataset):
         return len(self.dataset)
 
     def __getattr__(self, name: str):  # tasks, num_classes, ... of the wrapped dataset
-        if name == "dataset":  # not set yet (unpickling): no recursion
+        # Not "dataset" (unset while unpickling) nor special names: the loader would call the
+        # wrapped set's __getitems__ with (index, seed) keys.
+        if name == "dataset" or (name.startswith("__") and name.endswith("__")):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -89,13 +95,23 @@ def augment(sample: dict, rng: np.random.Generator) -> dict:
         mode = "bilinear" if key == "image" else "nearest"
         scaled = F.interpolate(value[None].float(), size=scaled_size, mode=mode,
                                **({"align_corners": False} if mode == "bilinear" else {}))[0]
-        fitted = crop_or_pad(scaled, (height, width), top, left, PADDING.get(key, OTHER_PADDING))
+        fitted = crop_or_pad(scaled, (height, width), top, left, padding(key, value))
         if flip:
             fitted = fitted.flip(-1)
             if key == "normal":
                 fitted[0] = -fitted[0]
         out[key] = fitted[0].long() if key == "seg" else fitted.to(value.dtype)
     return out
+
+
+def padding(key: str, target: torch.Tensor) -> float:
+    """What ``key``'s target holds outside the scaled sample."""
+    if key in PADDING:
+        return PADDING[key]
+    if not target.is_floating_point():
+        raise PrunekitError(f"--augment does not know how to pad the {target.dtype} target "
+                            f"{key!r} (known: {', '.join(PADDING)}, and float targets)")
+    return OTHER_PADDING
 
 
 def crop_or_pad(tensor: torch.Tensor, size: tuple[int, int], top: int, left: int,

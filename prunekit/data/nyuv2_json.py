@@ -19,7 +19,8 @@
 
 prunekit's ``train`` split is the JSON's ``train`` list, ``val`` its ``test`` list. DiSparse trains
 on random crops of 321x321 (after random scaling by 0.5-1.5 and flips) and tests on the whole
-480x640 image; prunekit does no augmentation and uses the stored size, or ``--image-size``.
+480x640 image; prunekit uses the stored size, or ``--image-size``, and augments only with
+``--augment`` (scale, crop back to size, flip).
 
 ``open_nyuv2`` picks the layout of a root: the .npy folders (prunekit/data/nyuv2.py) when
 ``ROOT/train/image`` or ``ROOT/val/image`` exists, else ``nyu_v2_3task.json``, else the root's only
