@@ -35,7 +35,8 @@ class DepthMeter(Meter):
 
 
 class DepthTask(Task):
-    """Depth in metres: L1 on valid pixels; abs/rel error and delta < 1.25^i accuracies."""
+    """Depth (metres; Tiny-Taskonomy: log units): L1 on valid pixels; abs/rel error and
+    delta < 1.25^i accuracies."""
 
     name = "depth"
     higher_is_better = {"abs_err": False, "rel_err": False, "delta_1.25": True,
