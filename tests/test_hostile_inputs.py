@@ -113,7 +113,8 @@ def test_a_data_folder_of_another_layout(capsys, tmp_path):
     (root / "images" / "0001.png").write_bytes(b"\x89PNG not really")
     code, _, err = run_quick(capsys, tmp_path / "run", "--dataset", "nyuv2", "--data-root",
                              str(root))
-    assert code == 2 and "expected the preprocessed .npy layout" in one_error_line(err)
+    assert code == 2 and "no NYUv2 data in" in one_error_line(err)
+    assert "expected the .npy layout" in err and "or the JSON layout" in err
     assert not (tmp_path / "run").exists()
 
 
