@@ -61,18 +61,26 @@ def test_a_share_of_boundary_pixels_is_unlabelled(samples):
     assert 0.002 < share < 0.1
 
 
-def write_nyuv2(root, split, count, size=(6, 8)):
-    rng = np.random.default_rng(0)
-    for folder in ("image", "label", "depth", "normal"):
+def write_npy_folders(root, split, count, arrays):
+    """ROOT/SPLIT/FOLDER/I.npy for I < count, each from ``arrays[FOLDER]()``, in order."""
+    for folder in arrays:
         (root / split / folder).mkdir(parents=True)
     for i in range(count):
-        np.save(root / split / "image" / f"{i}.npy", rng.random((*size, 3), dtype=np.float32))
-        label = rng.integers(-1, 13, size).astype(np.float32)
-        np.save(root / split / "label" / f"{i}.npy", label)
-        np.save(root / split / "depth" / f"{i}.npy", rng.random((*size, 1), dtype=np.float32) * 5)
-        normal = rng.normal(size=(*size, 3)).astype(np.float32)
-        np.save(root / split / "normal" / f"{i}.npy", normal / np.linalg.norm(normal, axis=-1,
-                                                                                keepdims=True))
+        for folder, array in arrays.items():
+            np.save(root / split / folder / f"{i}.npy", array())
+
+
+def write_nyuv2(root, split, count, size=(6, 8)):
+    rng = np.random.default_rng(0)
+
+    def normal():
+        vectors = rng.normal(size=(*size, 3)).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+    write_npy_folders(root, split, count, {
+        "image": lambda: rng.random((*size, 3), dtype=np.float32),
+        "label": lambda: rng.integers(-1, 13, size).astype(np.float32),
+        "depth": lambda: rng.random((*size, 1), dtype=np.float32) * 5,
+        "normal": normal})
 
 
 def test_nyuv2_npy_layout(tmp_path):
@@ -103,16 +111,16 @@ def test_nyuv2_errors_are_clear(tmp_path):
 
 def write_cityscapes(root, split, count, size=(8, 16)):
     rng = np.random.default_rng(1)
-    for folder in ("image", "label_19", "label_7", "depth"):
-        (root / split / folder).mkdir(parents=True)
-    for i in range(count):
-        np.save(root / split / "image" / f"{i}.npy", rng.random((*size, 3), dtype=np.float32))
-        for folder, classes in (("label_19", 19), ("label_7", 7)):
-            labels = rng.integers(-1, classes, size).astype(np.float32)  # -1: void
-            np.save(root / split / folder / f"{i}.npy", labels)
-        depth = rng.random((*size, 1), dtype=np.float32)
-        depth[0] = 0  # invalid pixels
-        np.save(root / split / "depth" / f"{i}.npy", depth)
+
+    def depth():
+        values = rng.random((*size, 1), dtype=np.float32)
+        values[0] = 0  # invalid pixels
+        return values
+    write_npy_folders(root, split, count, {
+        "image": lambda: rng.random((*size, 3), dtype=np.float32),
+        "label_19": lambda: rng.integers(-1, 19, size).astype(np.float32),  # -1: void
+        "label_7": lambda: rng.integers(-1, 7, size).astype(np.float32),
+        "depth": depth})
 
 
 @pytest.mark.parametrize("name, folder, classes", [("cityscapes", "label_19", 19),

@@ -1,6 +1,7 @@
 """Datasets by name. Each yields dicts with ``image`` and one target per task."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 from torch.utils.data import Dataset
@@ -25,41 +26,28 @@ def synthetic(root, split, size, seed) -> Dataset:
     return SyntheticIndoorScenes(split, size or NATIVE_SIZES["synthetic"], length, seed)
 
 
-def nyuv2(root, split, size, seed) -> Dataset:
-    if not root:
-        raise PrunekitError("--dataset nyuv2 needs --data-root PATH")
-    return open_nyuv2(root, split, size)
+def from_root(name: str, open_split: Callable[..., Dataset]) -> Callable[..., Dataset]:
+    """The builder of dataset ``name``, read from --data-root by ``open_split(root, split,
+    size)``."""
+    def build(root, split, size, seed) -> Dataset:
+        if not root:
+            raise PrunekitError(f"--dataset {name} needs --data-root PATH")
+        return open_split(root, split, size)
+    return build
 
 
-def nyuv2_40(root, split, size, seed) -> Dataset:
-    if not root:
-        raise PrunekitError("--dataset nyuv2-40 needs --data-root PATH")
-    return open_nyuv2(root, split, size, classes=40)
-
-
-def cityscapes(root, split, size, seed) -> Dataset:
-    if not root:
-        raise PrunekitError("--dataset cityscapes needs --data-root PATH")
-    return Cityscapes(root, split, size)
-
-
-def cityscapes7(root, split, size, seed) -> Dataset:
-    if not root:
-        raise PrunekitError("--dataset cityscapes-7 needs --data-root PATH")
-    return Cityscapes7(root, split, size)
-
-
-def taskonomy(root, split, size, seed) -> Dataset:
-    if not root:
-        raise PrunekitError("--dataset taskonomy needs --data-root PATH")
+def taskonomy(root, split, size) -> Dataset:
     return Taskonomy(root, split, size or NATIVE_SIZES["taskonomy"])
 
 
-DATASETS: dict[str, Callable[..., Dataset]] = {"synthetic": synthetic, "nyuv2": nyuv2,
-                                               "nyuv2-40": nyuv2_40,
-                                               "cityscapes": cityscapes,
-                                               "cityscapes-7": cityscapes7,
-                                               "taskonomy": taskonomy}
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "synthetic": synthetic,
+    "nyuv2": from_root("nyuv2", open_nyuv2),
+    "nyuv2-40": from_root("nyuv2-40", partial(open_nyuv2, classes=40)),
+    "cityscapes": from_root("cityscapes", Cityscapes),
+    "cityscapes-7": from_root("cityscapes-7", Cityscapes7),
+    "taskonomy": from_root("taskonomy", taskonomy),
+}
 
 
 def build_dataset(name: str, split: str, root=None, size=None, seed: int = 0) -> Dataset:

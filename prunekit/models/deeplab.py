@@ -30,6 +30,14 @@ def scaled(channels: int, width: float) -> int:
     return max(4, int(round(channels * width)))
 
 
+def shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential | None:
+    """A residual block's 1x1 projection of its input, where the identity does not fit."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                         nn.BatchNorm2d(out_channels))
+
+
 class BasicBlock(nn.Module):
     def __init__(self, in_channels: int, channels: int, stride: int, dilation: int):
         super().__init__()
@@ -39,12 +47,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, padding=dilation,
                                dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.downsample = None
-        if stride != 1 or in_channels != channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, channels, 1, stride, bias=False),
-                nn.BatchNorm2d(channels),
-            )
+        self.downsample = shortcut(in_channels, channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -68,12 +71,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.conv3 = nn.Conv2d(channels, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
+        self.downsample = shortcut(in_channels, out_channels, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
