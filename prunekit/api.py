@@ -9,25 +9,34 @@
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from . import contract
 from .errors import PrunekitError
-from .interfaces import Arbiter, Masks, Plugin, Scorer, ScoringContext, Thresholder
+from .interfaces import INTERFACES, Arbiter, Masks, Plugin, Scorer, ScoringContext, Thresholder
 from .layout import MultiTaskLayout, ResolvedLayout
-from .pruning import PruneResult, prune
+from .pruning import PruneResult, prune, round_sparsities
 from .registry import Registry, default_registry
 from .tasks import Task
 from .training import Progress, check_loss, no_progress
 
 
 def resolve(kind: str, plugin: str | Plugin, registry: Registry | None = None) -> Plugin:
-    """A plugin object from its name (looked up in the registry) or the object itself."""
+    """A plugin object from its name (looked up in the registry) or the object itself, which
+    must implement the kind's interface with valid declarations (docs/plugins.md)."""
     if isinstance(plugin, str):
         return (registry or default_registry()).get(kind, plugin)
+    interface = INTERFACES[kind]
+    if not isinstance(plugin, interface):
+        raise PrunekitError(f"expected a {kind} name or a prunekit.{interface.__name__} "
+                            f"instance, got {plugin!r}")
+    contract.check_declaration(plugin)
     return plugin
 
 
@@ -55,7 +64,8 @@ def compute_masks(model: nn.Module, layout: MultiTaskLayout | ResolvedLayout,
                   compensate: bool = True, device: torch.device | str = "cpu",
                   registry: Registry | None = None,
                   progress: Progress = no_progress, seed: int = 0, scope: str | None = None,
-                  within: Masks | None = None) -> PruneResult:
+                  within: Masks | None = None,
+                  input_shape: tuple[int, ...] | None = None) -> PruneResult:
     """Score, threshold and merge: the masks at ``sparsity`` for every prunable tensor.
 
     The result also holds each task's own masks and the seconds spent scoring and pruning.
@@ -63,7 +73,12 @@ def compute_masks(model: nn.Module, layout: MultiTaskLayout | ResolvedLayout,
     ``tasks`` maps task names (the keys of the model's output dict and of the batch targets) to
     ``Task`` objects; ``batches`` yields the scoring batches, already on ``device``. ``seed``
     feeds scorers that draw random numbers; ``scope`` goes to the thresholder (None: its
-    default); ``within`` limits the masks to weights still alive (iterative pruning).
+    default); ``within`` limits the masks to weights still alive (iterative pruning);
+    ``input_shape`` is one example input's shape, batch first, for data-free scorers.
+
+    A scorer declaring ``rounds > 1`` is run round after round, the weights pruned so far
+    zeroed while it scores. With ``compensate`` (or a joint scorer) masks that miss
+    ``sparsity`` by more than ``contract.SPARSITY_TOLERANCE`` are an error naming the plugins.
     """
     check_sparsity(sparsity)
     scorer = resolve("scorer", scorer, registry)
@@ -75,11 +90,42 @@ def compute_masks(model: nn.Module, layout: MultiTaskLayout | ResolvedLayout,
     check_arbiter(scorer, arbiter, len(tasks))
     check_scope(thresholder, scope)
     context = ScoringContext(model, resolved, tasks, batches, torch.device(device), check_loss,
-                             progress, seed)
-    started = time.perf_counter()
-    saliency = scorer.score(context)
-    scored = time.perf_counter()
-    result = prune(saliency, resolved, thresholder, arbiter if scorer.per_task else None,
-                   sparsity, compensate, scope, within)
-    result.timings = {"scoring": scored - started, "pruning": time.perf_counter() - scored}
+                             progress, seed, input_shape=input_shape, rounds=scorer.rounds)
+    merger = arbiter if scorer.per_task else None
+    timings = {"scoring": 0.0, "pruning": 0.0}
+    result = None
+    steps = round_sparsities(sparsity, scorer.rounds, scorer.schedule)
+    for number, round_sparsity in enumerate(steps, 1):
+        alive = result.masks if result else within
+        started = time.perf_counter()
+        with pruned_weights_zeroed(resolved, alive):
+            saliency = contract.score(scorer, dataclasses.replace(context, round=number))
+        scored = time.perf_counter()
+        result = prune(saliency, resolved, thresholder, merger, round_sparsity, compensate,
+                       scope, alive)
+        timings["scoring"] += scored - started
+        timings["pruning"] += time.perf_counter() - scored
+    result.timings = timings
+    if compensate or not scorer.per_task:
+        contract.check_sparsity_reached(sparsity, result.achieved,
+                                        [p for p in (scorer, thresholder, merger) if p])
     return result
+
+
+@contextlib.contextmanager
+def pruned_weights_zeroed(layout: ResolvedLayout, masks: Masks | None) -> Iterator[None]:
+    """While inside, the weights outside ``masks`` are zero (as the scorer of a later round
+    should see the model); their values come back after."""
+    if masks is None:
+        yield
+        return
+    saved = {name: layout.params[name].detach().clone() for name in masks}
+    with torch.no_grad():
+        for name, mask in masks.items():
+            layout.params[name].masked_fill_(~mask.to(layout.params[name].device), 0.0)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, values in saved.items():
+                layout.params[name].copy_(values)

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from . import distributed
+from . import contract, distributed
 from ._version import __version__
 from .api import check_arbiter, check_scope, check_sparsity, compute_masks, resolve
 from .data import build_dataset
@@ -29,7 +29,7 @@ from .errors import NonFiniteLossError, PrunekitError, UnknownNameError, one_lin
 from .files import save_torch, write_json
 from .interfaces import Masks, Scorer, Thresholder
 from .layout import ResolvedLayout
-from .masks import AppliedMasks, dense_masks, sparsity_summary
+from .masks import AppliedMasks, dense_masks, measured_sparsity
 from .modes import MODES
 from .pruning import PruneResult
 from .models import build_model, canonical_name, model_layout
@@ -45,6 +45,8 @@ from .timing import add_seconds, timed
 from .training import Progress, Resumption, evaluate, no_progress, to_device, train
 
 DEFAULT_TASKS = ("seg", "depth", "normal")
+# where a failed run's report goes when the folder holds an earlier complete run's outputs
+FAILED_REPORT = "report.failed.json"
 BATCH_SEEDS = 1_000_003  # scoring batch i of seed s draws from seed s * BATCH_SEEDS + i
 # options that only some modes read (--rewind and --init-checkpoint elsewhere are errors)
 MODE_OPTIONS = {
@@ -330,7 +332,8 @@ def task_overlap(result: PruneResult, layout: ResolvedLayout,
     for name in metric_names:
         metric = resolve("metric", name)
         for a, b in itertools.combinations(layout.tasks, 2):
-            scores = [metric.layer_score(masks[a][n], masks[b][n], saliency[a][n], saliency[b][n])
+            scores = [contract.layer_score(metric, masks[a][n], masks[b][n], saliency[a][n],
+                                           saliency[b][n], n)
                       for n in layout.shared]
             overlap.setdefault(name, {})[f"{a}/{b}"] = sum(scores) / len(scores)
     return overlap
@@ -455,7 +458,9 @@ class Run:
             # by scene or building
             val_set = Subset(val_set, evenly_spaced(len(val_set), config.val_samples))
         self.tasks = build_tasks(config.tasks, train_set)
-        self.report["data"] = data_record(train_set, val_set)
+        example = train_set[0]["image"]
+        self.input_shape = (1, *example.shape)  # for data-free scorers (ScoringContext)
+        self.report["data"] = data_record(example, train_set, val_set)
         if self.baseline is not None:
             self.check_baseline_data()
         if config.retrain_from_scratch:  # the sweep is judged on training samples held out
@@ -549,7 +554,10 @@ class Run:
         result = compute_masks(self.model, self.layout, self.tasks, batches, scorer,
                                self.arbiter, config.thresholder, sparsity, config.compensate,
                                self.device, progress=self.progress, seed=config.seed,
-                               scope=config.scope, within=within)
+                               scope=config.scope, within=within, input_shape=self.input_shape)
+        if abs(result.achieved - sparsity) > contract.SPARSITY_TOLERANCE:  # --no-compensate
+            self.warn(f"the merged masks are {result.achieved:.3f} sparse, {sparsity:g} was "
+                      "requested: --no-compensate keeps each task's own keep ratio")
         for phase, seconds in result.timings.items():
             add_seconds(self.timings, phase, seconds)
         self.report["keep_ratio_per_task"] = result.keep_ratio
@@ -656,7 +664,10 @@ class Run:
         with timed(self.timings, "evaluation"):
             metrics = evaluate(self.model, self.tasks, self.val_loader, self.device,
                                self.progress)
-        sparsity = self.achieved_sparsity or sparsity_summary(masks, self.layout)
+        checkpoint = self.checkpoint(masks)
+        # counted from the weights as saved, never taken from a plugin
+        sparsity = self.achieved_sparsity or measured_sparsity(checkpoint["model"],
+                                                               checkpoint["masks"], self.layout)
         self.report.update({
             "sparsity": {"requested": self.requested_sparsity(), **sparsity},
             "metrics": metrics,
@@ -671,7 +682,7 @@ class Run:
             self.report["delta_t"] = delta_t(metrics, self.baseline["metrics"], self.tasks)
         self.final_masks = masks
         if self.writer:
-            save_torch(self.out_dir / "checkpoint.pt", self.checkpoint(masks))
+            save_torch(self.out_dir / "checkpoint.pt", checkpoint)
         return self.report
 
     def requested_sparsity(self) -> float | None:
@@ -706,19 +717,26 @@ class Run:
     def finish(self, error: BaseException | None) -> None:
         """Write report.json: complete only when the run finished; never a stale checkpoint.
         A finished run needs no resume.pt; a failed or stopped one keeps its last one."""
+        name = "report.json"
         if error is not None:
             self.report["error"] = user_message(error) or type(error).__name__
             self.report["stopped"] = isinstance(error, RunStopped)
-            (self.out_dir / "checkpoint.pt").unlink(missing_ok=True)
+            if self.writer and holds_complete_run(self.out_dir):
+                name = FAILED_REPORT  # an earlier run's outputs stay as they were
+            else:
+                (self.out_dir / "checkpoint.pt").unlink(missing_ok=True)
         elif self.writer:
             (self.out_dir / RESUME_FILE).unlink(missing_ok=True)
-        self.write_report(complete=error is None)
+            (self.out_dir / FAILED_REPORT).unlink(missing_ok=True)
+        self.write_report(complete=error is None, name=name)
 
-    def write_report(self, complete: bool) -> None:
+    def write_report(self, complete: bool, name: str = "report.json") -> None:
         self.report["timings"] = {**self.timings, "total": self.elapsed()}
         self.report["complete"] = complete
-        if self.writer:
-            write_json(self.out_dir / "report.json", self.report)
+        if self.writer:  # strict JSON: a value that is not a finite number is written as null
+            write_json(self.out_dir / name, self.report,
+                       on_null=lambda key: self.warn(f"report.json: {key} is not a finite "
+                                                     "number; written as null"))
 
 
 def run(config: RunConfig, show_progress: bool = False, warn=print_warning,
@@ -783,11 +801,11 @@ def check_filter_mode(config: RunConfig, scorer: Scorer) -> None:
                             "structured run changes the architecture (see --retrain-from-scratch)")
 
 
-def data_record(train_set, val_set) -> dict:
+def data_record(example: torch.Tensor, train_set, val_set) -> dict:
     """What the run read: the loader (which tells a dataset's layouts apart), the samples'
-    size (from the first one) and the splits' lengths, as the report keeps them."""
+    size (from the first one, ``example``) and the splits' lengths, as the report keeps them."""
     return {"loader": type(train_set).__name__,
-            "image_size": list(train_set[0]["image"].shape[-2:]),
+            "image_size": list(example.shape[-2:]),
             "train_samples": len(train_set), "val_samples": len(val_set)}
 
 
@@ -810,6 +828,14 @@ def hold_out(dataset, share: float, most: int) -> tuple[Subset, Subset]:
                             "to choose the retraining learning rate needs at least 2")
     cut = len(dataset) - held
     return Subset(dataset, range(cut)), Subset(dataset, range(cut, len(dataset)))
+
+
+def holds_complete_run(folder: Path) -> bool:
+    """Whether ``folder`` holds the report of an earlier run that completed."""
+    try:
+        return json.loads((folder / "report.json").read_text()).get("complete") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_out_dir(path: str | Path) -> None:

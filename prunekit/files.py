@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -38,9 +39,33 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def write_json(path: str | Path, data: Any) -> None:
+def finite_or_null(value: Any, key: str = "", nulled: list[str] | None = None) -> Any:
+    """``value`` with every float that is NaN or infinite replaced by None; the dotted keys
+    of those go to ``nulled``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if nulled is not None:
+            nulled.append(key or "(top level)")
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v, f"{key}.{k}" if key else str(k), nulled)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v, f"{key}[{i}]", nulled) for i, v in enumerate(value)]
+    return value
+
+
+def write_json(path: str | Path, data: Any,
+               on_null: Callable[[str], None] | None = None) -> None:
+    """Strict JSON (no NaN or Infinity, which JSON has not): such values are written as null,
+    and ``on_null`` hears each one's dotted key."""
+    nulled: list[str] = []
+    text = json.dumps(finite_or_null(data, nulled=nulled), indent=2, allow_nan=False) + "\n"
+    for key in nulled:
+        if on_null is not None:
+            on_null(key)
+
     def write(temporary: Path) -> None:
-        temporary.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+        temporary.write_text(text)
     atomic_write(path, write)
 
 

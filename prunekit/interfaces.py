@@ -37,6 +37,9 @@ class ScoringContext:
     ``check_loss(task, loss, where)`` raises a clear error for a NaN or infinite loss.
     ``progress`` wraps an iterable in a progress bar (or returns it unchanged).
     ``seed`` is the run's seed, for scorers that draw random numbers.
+    ``input_shape`` and ``input_dtype``: one example input of the model, batch dimension first
+    (``(1, 3, H, W)``), for data-free scorers that build their own input (None when unknown).
+    ``round`` and ``rounds``: which of a scorer's declared pruning rounds this call is (1-based).
     """
 
     model: nn.Module
@@ -47,6 +50,10 @@ class ScoringContext:
     check_loss: Callable[[str, torch.Tensor, str], None]
     progress: Callable[[Iterable, str], Iterable] = lambda items, label: items
     seed: int = 0
+    input_shape: tuple[int, ...] | None = None
+    input_dtype: torch.dtype = torch.float32
+    round: int = 1
+    rounds: int = 1
 
 
 class Scorer(Plugin):
@@ -60,6 +67,9 @@ class Scorer(Plugin):
     weights too, so dynamic sparse training can grow connections by them.
     ``granularity`` is ``"element"`` (one score per weight) or ``"filter"`` (one score per
     output filter: a tensor of shape ``(out_channels,)`` per prunable tensor).
+    ``rounds > 1`` asks the core to prune iteratively (SynFlow, iterative SNIP): score, prune to
+    the round's sparsity on the ``schedule`` (``"exponential"``: each round keeps the same share
+    of what is left; ``"linear"``), zero the pruned weights, score again; docs/plugins.md.
     """
 
     kind = "scorer"
@@ -68,10 +78,13 @@ class Scorer(Plugin):
     needs_data: ClassVar[bool] = True
     needs_trained: ClassVar[bool] = False
     grows: ClassVar[bool] = False
+    rounds: ClassVar[int] = 1
+    schedule: ClassVar[str] = "exponential"
 
     @abstractmethod
     def score(self, context: ScoringContext) -> Saliency:
-        """Return ``{task or JOINT: {parameter name: non-negative scores}}``."""
+        """Return ``{task or JOINT: {parameter name: finite floating scores}}``, each tensor of
+        its parameter's shape (``(out_channels,)`` for filter scorers) and device."""
 
 
 class Thresholder(Plugin):

@@ -6,6 +6,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from .errors import PrunekitError
 from .interfaces import Masks
 from .layout import ResolvedLayout
 
@@ -55,6 +56,20 @@ def sparsity_summary(masks: Masks, layout: ResolvedLayout) -> dict:
         "heads": {task: 1.0 - density(masks, names) for task, names in layout.heads.items()},
         "layers": {name: 1.0 - density(masks, [name]) for name in layout.params},
     }
+
+
+def measured_sparsity(weights: Mapping[str, torch.Tensor], masks: Masks,
+                      layout: ResolvedLayout) -> dict:
+    """``sparsity_summary`` counted from ``weights`` (a state dict): a weight is pruned when
+    it is zero. ``masked`` is the share ``masks`` prune; a masked weight that is not zero means
+    the masks were not applied, and is an error rather than a report that lies."""
+    kept = {name: weights[name] != 0 for name in layout.params}
+    for name in layout.params:
+        leaked = int((kept[name] & ~masks[name].to(kept[name].device)).sum())
+        if leaked:
+            raise PrunekitError(f"{leaked} pruned weight(s) of {name!r} are not zero in the "
+                                "saved model: the masks were not applied")
+    return {**sparsity_summary(kept, layout), "masked": 1.0 - density(masks, layout.params)}
 
 
 def dense_masks(layout: ResolvedLayout) -> Masks:

@@ -22,6 +22,7 @@ from .errors import PrunekitError
 from .interfaces import Masks
 from .masks import AppliedMasks
 from .plots import save_sparsity_history
+from .pruning import round_sparsities
 from .registry import default_registry, plugin_info
 from .rigl import RigLSchedule, RigLUpdater
 from .soft_threshold import ComponentThresholds
@@ -77,11 +78,6 @@ def pretrained(run: "Run") -> Masks:
     run.train_phase(AppliedMasks(run.model, masks), config.finetune_iterations,
                     config.finetune_lr, "finetuning")
     return masks
-
-
-def round_sparsities(sparsity: float, rounds: int) -> list[float]:
-    """Each round keeps the same share of what is left: 1 - (1 - S) ** (r / R); the last is S."""
-    return [1 - (1 - sparsity) ** (r / rounds) for r in range(1, rounds)] + [sparsity]
 
 
 def iterative(run: "Run") -> Masks:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import contract
 from .errors import PrunekitError
 from .interfaces import JOINT, Arbiter, Masks, Saliency, Thresholder
 from .layout import ResolvedLayout
@@ -33,6 +34,19 @@ class PruneResult:
     saliency: Saliency | None = None
 
 
+def round_sparsities(sparsity: float, rounds: int, schedule: str = "exponential") -> list[float]:
+    """The sparsity after each of ``rounds`` prunes; the last is exactly ``sparsity``.
+
+    ``exponential``: each round keeps the same share of what is left, 1 - (1 - S) ** (r / R)
+    (iterative magnitude pruning, SynFlow). ``linear``: S * r / R.
+    """
+    if schedule == "linear":
+        steps = [sparsity * r / rounds for r in range(1, rounds)]
+    else:
+        steps = [1 - (1 - sparsity) ** (r / rounds) for r in range(1, rounds)]
+    return steps + [sparsity]
+
+
 def check_finite(saliency: Saliency) -> None:
     for key, tensors in saliency.items():
         for name, scores in tensors.items():
@@ -52,7 +66,8 @@ def merge_task_masks(task_masks: dict[str, Masks], layout: ResolvedLayout,
                      arbiter: Arbiter) -> Masks:
     """Shared tensors: the arbiter's merge of every task's mask. Heads: their own task's mask."""
     tasks = list(layout.heads)
-    masks = {name: arbiter.merge([task_masks[t][name] for t in tasks]) for name in layout.shared}
+    masks = {name: contract.merge(arbiter, [task_masks[t][name] for t in tasks], name)
+             for name in layout.shared}
     for task in tasks:
         masks.update({name: task_masks[task][name] for name in layout.heads[task]})
     return {name: masks[name] for name in layout.params}  # model order
@@ -60,8 +75,9 @@ def merge_task_masks(task_masks: dict[str, Masks], layout: ResolvedLayout,
 
 def per_task_masks(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
                    keep_ratio: float, scope: str | None) -> dict[str, Masks]:
-    return {task: threshold(thresholder, {n: saliency[task][n] for n in layout.task_params(task)},
-                            keep_ratio, scope)
+    return {task: contract.threshold(thresholder,
+                                     {n: saliency[task][n] for n in layout.task_params(task)},
+                                     keep_ratio, scope)
             for task in layout.heads}
 
 
@@ -77,14 +93,6 @@ def ranked_last_outside(saliency: Saliency, within: Masks | None) -> Saliency:
             for key, tensors in saliency.items()}
 
 
-def threshold(thresholder: Thresholder, scores: dict, keep_ratio: float,
-              scope: str | None) -> Masks:
-    """Pass ``scope`` only when one was asked for, so thresholders without scopes still work."""
-    if scope is None:
-        return thresholder.masks(scores, keep_ratio)
-    return thresholder.masks(scores, keep_ratio, scope=scope)
-
-
 def prune(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
           arbiter: Arbiter | None, sparsity: float, compensate: bool = True,
           scope: str | None = None, within: Masks | None = None) -> PruneResult:
@@ -97,8 +105,8 @@ def prune(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
     target = 1.0 - sparsity
     ranked = ranked_last_outside(saliency, within)
     if JOINT in saliency:
-        masks = restrict(threshold(thresholder, {n: ranked[JOINT][n] for n in layout.params},
-                                   target, scope), within)
+        scores = {n: ranked[JOINT][n] for n in layout.params}
+        masks = restrict(contract.threshold(thresholder, scores, target, scope), within)
         return PruneResult(masks, {JOINT: masks}, target, sparsity, 1.0 - density(masks),
                            saliency=saliency)
     if arbiter is None:

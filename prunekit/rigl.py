@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from . import distributed
+from . import contract, distributed
 from .interfaces import JOINT, Arbiter, Saliency, Scorer, ScoringContext
 from .layout import ResolvedLayout
 from .masks import AppliedMasks
@@ -64,9 +64,9 @@ def weakest(weight: torch.Tensor, active: torch.Tensor, count: int) -> torch.Ten
 
 
 def merged_growth(proposals: list[torch.Tensor], combined: torch.Tensor, candidates: torch.Tensor,
-                  count: int, arbiter: Arbiter) -> torch.Tensor:
+                  count: int, arbiter: Arbiter, name: str) -> torch.Tensor:
     """Exactly ``count`` candidates: the arbiter's merge first, by ``combined`` score either way."""
-    merged = arbiter.merge(proposals) & candidates
+    merged = contract.merge(arbiter, proposals, name) & candidates
     if int(merged.sum()) >= count:
         return best(combined, merged, count)
     return merged | best(combined, candidates & ~merged, count - int(merged.sum()))
@@ -119,8 +119,8 @@ class RigLUpdater:
     def grow_scores(self, batch: dict) -> Saliency:
         device = batch["image"].device
         context = ScoringContext(self.model, self.layout, self.tasks, [batch], device, check_loss,
-                                 seed=self.seed)
-        return self.scorer.score(context)
+                                 seed=self.seed, input_shape=(1, *batch["image"].shape[1:]))
+        return contract.score(self.scorer, context)
 
     def growth(self, name: str, saliency: Saliency, candidates: torch.Tensor,
                count: int) -> torch.Tensor:
@@ -131,7 +131,7 @@ class RigLUpdater:
         scores = [saliency[task][name] for task in self.layout.tasks]
         proposals = [best(s, candidates, count) for s in scores]
         return merged_growth(proposals, torch.stack(scores).sum(0), candidates, count,
-                             self.arbiter)
+                             self.arbiter, name)
 
     @torch.no_grad()
     def update(self, step: int, batch: dict, optimiser: torch.optim.Optimizer) -> None:

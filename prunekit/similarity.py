@@ -20,12 +20,13 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from . import contract
 from .api import check_sparsity, resolve
 from .errors import PrunekitError
 from .interfaces import Masks, Metric, Saliency, ScoringContext
 from .layer_weighting import WEIGHTINGS, layer_weights, weighted_mean
 from .layout import ResolvedLayout
-from .pruning import check_finite, per_task_masks
+from .pruning import per_task_masks
 from .training import check_loss, no_progress
 
 DEFAULT_METRICS = ("mcss", "iou", "css", "epi-sim")
@@ -48,7 +49,8 @@ def pair_scores(metrics: Mapping[str, Metric], weightings: Sequence[str], masks:
     weights = {w: layer_weights(w, len(shared), sparsities) for w in weightings}
     result = {}
     for name, metric in metrics.items():
-        layers = [metric.layer_score(masks[n], other[n], saliency[n], other_saliency[n])
+        layers = [contract.layer_score(metric, masks[n], other[n], saliency[n],
+                                       other_saliency[n], n)
                   for n in shared]
         result[name] = {w: weighted_mean(layers, weights[w]) for w in weightings}
     return result
@@ -154,12 +156,9 @@ def check_request(metrics: Sequence[str], weightings: Sequence[str],
 
 
 def score_tasks(model, layout: ResolvedLayout, tasks, batches, scorer, device, seed: int,
-                progress: Callable = no_progress) -> Saliency:
+                progress: Callable = no_progress,
+                input_shape: tuple[int, ...] | None = None) -> Saliency:
     """One per-task saliency of the model as it is (untrained)."""
-    context = ScoringContext(model, layout, tasks, batches, device, check_loss, progress, seed)
-    saliency = scorer.score(context)
-    check_finite(saliency)
-    missing = set(layout.tasks) - set(saliency)
-    if missing:
-        raise PrunekitError(f"scorer {scorer.name!r} gave no saliency for {sorted(missing)}")
-    return saliency
+    context = ScoringContext(model, layout, tasks, batches, device, check_loss, progress, seed,
+                             input_shape=input_shape)
+    return contract.score(scorer, context)

@@ -85,8 +85,9 @@ def compute(config: SimilarityConfig, progress=no_progress) -> dict:
         loader = torch.utils.data.DataLoader(
             data, batch_size=config.batch_size, shuffle=True,
             generator=torch.Generator().manual_seed(seed))
-        saliency = score_tasks(model, layout, tasks, Batches(loader, config.score_batches, device, seed),
-                               scorer, device, seed, progress)
+        batches = Batches(loader, config.score_batches, device, seed)
+        saliency = score_tasks(model, layout, tasks, batches, scorer, device, seed, progress,
+                               input_shape=(1, *data[0]["image"].shape))
         saliency = {task: {n: s.cpu() for n, s in by_name.items()}
                     for task, by_name in saliency.items()}
         results.append(compare_subnetworks(saliency, layout, thresholder, config.scope,

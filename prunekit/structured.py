@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import torch
 from torch import nn
 
+from . import contract
 from .errors import PrunekitError
 from .interfaces import JOINT, Masks, ScoringContext
 from .masks import dense_masks
@@ -96,8 +97,8 @@ class Budget:
 def score_batch(run: "Run", batch: dict) -> dict[str, torch.Tensor]:
     """The scorer's per-channel importance of every tensor it scores, on one batch."""
     context = ScoringContext(run.model, run.layout, run.tasks, [batch], run.device, check_loss,
-                             no_progress, run.config.seed)
-    return run.scorer.score(context)[JOINT]
+                             no_progress, run.config.seed, input_shape=run.input_shape)
+    return contract.score(run.scorer, context)[JOINT]
 
 
 def candidate_groups(model: nn.Module, scored: set[str]) -> list[ChannelGroup]:

@@ -385,7 +385,8 @@ def bools(*indices, size=8):
     ("majority", [bools(2, 5, 6), bools(2, 5, 6), bools(4)], 3, bools(1, 2, 3)),
 ])
 def test_merged_growth_returns_exactly_count_candidates(arbiter, proposals, count, expected):
-    grown = merged_growth(proposals, COMBINED, CANDIDATES, count, plugin("arbiter", arbiter))
+    grown = merged_growth(proposals, COMBINED, CANDIDATES, count, plugin("arbiter", arbiter),
+                          "w")
     assert int(grown.sum()) == count
     assert not (grown & ~CANDIDATES).any()
     assert torch.equal(grown, expected)

@@ -8,16 +8,13 @@ function again.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Callable, Mapping
 
 from torch import nn
 
 from ..errors import PrunekitError, one_line
+from ..imports import import_module_or_file
 from ..layout import MultiTaskLayout
 
 LAYOUT_ATTRIBUTE = "prunekit_layout"  # where a layout returned beside the model is kept
@@ -66,41 +63,13 @@ def find_function(name: str) -> Callable:
 def load_module(name: str, where: str):
     """The module ``where`` names: a file (its folder joins the import path, so it may import
     its neighbours), or a module importable from the working directory."""
+    if where.endswith(".py") and not Path(where).is_file():
+        raise PrunekitError(f"--model {name}: file {str(Path(where).resolve())!r} does not exist")
     try:
-        if where.endswith(".py"):
-            return load_file(name, Path(where).resolve())
-        add_to_import_path(Path.cwd())  # the console script does not, unlike python -m
-        return importlib.import_module(where)
-    except PrunekitError:
-        raise
+        return import_module_or_file(where, "prunekit_user_model")
     except Exception as exc:  # ImportError, or the module's own code failing
         raise PrunekitError(f"--model {name}: could not import {where!r} "
                             f"({type(exc).__name__}: {one_line(exc, 300)})") from exc
-
-
-def load_file(name: str, path: Path):
-    if not path.is_file():
-        raise PrunekitError(f"--model {name}: file {str(path)!r} does not exist")
-    # one module per file (two files of one name stay apart); pickling finds the classes here
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    module_name = f"prunekit_user_model_{path.stem}_{digest}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    add_to_import_path(path.parent)
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]  # a failed import is not kept for the next call
-        raise
-    return module
-
-
-def add_to_import_path(folder: Path) -> None:
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
 
 
 def model_layout(model: nn.Module) -> MultiTaskLayout:
