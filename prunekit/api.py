@@ -36,7 +36,9 @@ def resolve(kind: str, plugin: str | Plugin, registry: Registry | None = None) -
     if not isinstance(plugin, interface):
         raise PrunekitError(f"expected a {kind} name or a prunekit.{interface.__name__} "
                             f"instance, got {plugin!r}")
-    contract.check_declaration(plugin)
+    problem = contract.declaration_problem(plugin)
+    if problem:
+        raise contract.PluginError(plugin, problem)
     return plugin
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import traceback
 
 import click
 from click.core import ParameterSource
@@ -23,18 +24,31 @@ from .errors import PrunekitError, one_line, user_message
 from .interfaces import INTERFACES
 from .config_file import read_config_file
 from .report import format_summary
+from .registry import EXTRA_PLUGINS, default_registry, extra_plugin_modules
 from .resume import RunStopped, read_resume
 from .training import no_progress
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 USAGE_ERROR = 2
+CHECK_FAILED = 1  # `prunekit plugins check`: the plugin broke its contract
+DEBUG_SWITCH = "PRUNEKIT_DEBUG"
 STOPPED = 128 + 15  # the exit status of a process ended by SIGTERM
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="prunekit")
-def cli():
+@click.option("-p", "--plugin", "plugin_modules", multiple=True, metavar="MODULE",
+              help="Load this plugin module (a module name or a .py file) without installing "
+                   "it; repeatable. Same as PRUNEKIT_PLUGINS=MODULE[,MODULE].")
+@click.option("--debug", is_flag=True,
+              help="Show the Python traceback of an error (or set PRUNEKIT_DEBUG=1).")
+def cli(plugin_modules, debug):
     """Prune multi-task neural networks: score, threshold, merge, train, report."""
+    if plugin_modules:  # the environment carries them to torchrun's processes too
+        os.environ[EXTRA_PLUGINS] = ",".join([*extra_plugin_modules(), *plugin_modules])
+        default_registry.cache_clear()
+    if debug:
+        os.environ[DEBUG_SWITCH] = "1"
 
 
 METHOD_OPTIONS = options(
@@ -52,6 +66,10 @@ METHOD_OPTIONS = options(
     click.option("--compensate/--no-compensate", default=DEFAULTS["compensate"],
                  show_default=True,
                  help="Adjust the per-task keep ratio so the merged model hits --sparsity."),
+    click.option("--metric", "metrics", callback=comma_list, default=",".join(DEFAULTS["metrics"]),
+                 show_default=True,
+                 help="Comma-separated metric plugins comparing each pair of tasks' masks "
+                      "(report.json task_overlap; per-task scorers)."),
 )
 
 DATA_AND_TRAINING_OPTIONS = options(
@@ -340,14 +358,15 @@ def group_command(similarity_file, metric, weighting, alone, pairs_file, lower_i
     click.echo(json.dumps(result, indent=2) if as_json else format_grouping(result))
 
 
-@cli.command("plugins")
+@cli.group("plugins", invoke_without_command=True)
 @click.option("--kind", type=click.Choice(sorted(INTERFACES)), default=None,
               help="Only plugins of this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def plugins_command(kind, as_json):
+@click.pass_context
+def plugins_command(ctx, kind, as_json):
     """List installed plugins: kind, name, distribution and what each does."""
-    from .registry import default_registry
-
+    if ctx.invoked_subcommand is not None:
+        return
     entries = default_registry().all(kind)
     if as_json:
         click.echo(json.dumps([e.as_dict() for e in entries], indent=2))
@@ -357,6 +376,25 @@ def plugins_command(kind, as_json):
               for i in range(3)]
     for row in [("KIND", "NAME", "DISTRIBUTION", "DESCRIPTION")] + rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+
+
+@plugins_command.command("check")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(sorted(INTERFACES)), default=None,
+              help="The plugin's kind, when NAME names plugins of several kinds.")
+def plugins_check_command(name, kind):
+    """Run plugin NAME through its contract on a tiny model; exit 1 if it breaks it."""
+    from .testing import check_plugin, find_plugin
+
+    from .contract import describe
+    click.echo(f"checking {describe(find_plugin(name, kind))}")
+    findings = check_plugin(name, kind)
+    for finding in findings:
+        click.echo(finding.line())
+    failed = sum(not f.ok for f in findings)
+    click.echo(f"{len(findings) - failed} passed, {failed} failed")
+    if failed:
+        raise click.exceptions.Exit(CHECK_FAILED)
 
 
 def add_kernel_commands() -> None:
@@ -404,6 +442,10 @@ def without_option(args: list[str], name: str) -> list[str]:
     return kept
 
 
+def debugging() -> bool:
+    return os.environ.get(DEBUG_SWITCH, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def main(argv=None) -> None:
     """Entry point of the ``prunekit`` script."""
     try:
@@ -420,6 +462,8 @@ def main(argv=None) -> None:
             click.echo(f"prunekit: {one_line(exc)}", err=True)
         code = STOPPED
     except PrunekitError as exc:
+        if debugging():
+            traceback.print_exc()
         click.echo(f"prunekit: error: {user_message(exc)}", err=True)
         code = USAGE_ERROR
     except (KeyboardInterrupt, click.exceptions.Abort):

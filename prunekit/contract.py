@@ -126,8 +126,8 @@ def check_tensor(plugin: Plugin, value: object, where: str, shape: torch.Size,
 
 # --- declarations: the class attributes, checked when a plugin registers -------------------------
 
-def check_declaration(plugin: Plugin) -> None:
-    """The attributes prunekit reads from a method object, with the values it understands."""
+def declaration_problem(plugin: Plugin) -> str | None:
+    """What is wrong with the attributes prunekit reads from a method object, or None."""
     checks: list[tuple[str, bool, str]] = []
     if isinstance(plugin, Scorer):
         checks += [("per_task", isinstance(plugin.per_task, bool), "True or False"),
@@ -148,8 +148,8 @@ def check_declaration(plugin: Plugin) -> None:
         checks.append(("min_tasks", is_count(plugin.min_tasks), "a positive int"))
     for attribute, valid, expected in checks:
         if not valid:
-            raise PluginError(plugin, f"{attribute} must be {expected}, got "
-                                      f"{getattr(plugin, attribute)!r}")
+            return f"{attribute} must be {expected}, got {getattr(plugin, attribute)!r}"
+    return None
 
 
 def is_count(value: object) -> bool:

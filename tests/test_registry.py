@@ -78,8 +78,9 @@ def test_third_party_plugin_is_registered_with_its_distribution():
 def test_registering_the_wrong_interface_names_the_plugin_and_hook():
     registry = Registry()
     bad = plugin_registering("prunekit_register_arbiters", OkScorer())
-    with pytest.raises(PrunekitError, match=r"plugin 'bad' \(hook prunekit_register_arbiters\) "
-                                            r"registered .* does not subclass prunekit.Arbiter"):
+    with pytest.raises(PrunekitError, match=r"plugin 'bad' from someone-elses-plugin 1.2.3 \(hook "
+                                            r"prunekit_register_arbiters\) registered .* which is "
+                                            r"not an instance of prunekit.Arbiter"):
         registry.add_plugin(bad, "bad", THIRD_PARTY)
 
 
@@ -87,9 +88,91 @@ def test_duplicate_names_are_rejected():
     registry = Registry()
     registry.add_plugin(plugin_registering("prunekit_register_scorers", OkScorer()), "first",
                         THIRD_PARTY)
-    with pytest.raises(PrunekitError, match="already registered by plugin 'first'"):
+    other = Source("another-plugin", "0.2")
+    with pytest.raises(PrunekitError) as error:
         registry.add_plugin(plugin_registering("prunekit_register_scorers", OkScorer()),
-                            "second", THIRD_PARTY)
+                            "second", other)
+    message = str(error.value)
+    assert message.startswith("scorer 'ok-scorer' is registered twice: by plugin 'second' from "
+                              "another-plugin 0.2")
+    assert "before it by plugin 'first' from someone-elses-plugin 1.2.3" in message
+
+
+def test_a_clash_with_a_builtin_blames_the_third_party_plugin():
+    """prunekit's own entry points load first, so the clashing newcomer is the one named."""
+    class Snip(OkScorer):
+        name = "snip"
+
+    registry = Registry.from_entry_points(only_own=True)
+    with pytest.raises(PrunekitError, match=r"scorer 'snip' is registered twice: by plugin 'x' "
+                                            r"from someone-elses-plugin 1.2.3 .* before it by "
+                                            r"plugin 'snip' from prunekit "):
+        registry.add_plugin(plugin_registering("prunekit_register_scorers", Snip()), "x",
+                            THIRD_PARTY)
+
+
+def test_registering_a_class_says_to_register_an_instance():
+    with pytest.raises(PrunekitError, match=r"registered the class OkScorer; register an "
+                                            r"instance: register\(OkScorer\(\)\)"):
+        Registry().add_plugin(plugin_registering("prunekit_register_scorers", OkScorer), "x",
+                              THIRD_PARTY)
+
+
+@pytest.mark.parametrize("attribute,value,expected", [
+    ("per_task", "yes", "per_task must be True or False, got 'yes'"),
+    ("granularity", "channel", "granularity must be 'element' or 'filter', got 'channel'"),
+    ("rounds", 0, "rounds must be a positive int, got 0"),
+    ("schedule", "cubic", "schedule must be 'exponential' or 'linear', got 'cubic'"),
+])
+def test_invalid_declarations_are_refused_at_registration(attribute, value, expected):
+    bad = type("Bad", (OkScorer,), {attribute: value})()
+    with pytest.raises(PrunekitError) as error:
+        Registry().add_plugin(plugin_registering("prunekit_register_scorers", bad), "x",
+                              THIRD_PARTY)
+    assert str(error.value).endswith(f"registered scorer 'ok-scorer': {expected}")
+
+
+def test_thresholder_scopes_are_checked_at_registration():
+    from prunekit import Thresholder
+
+    class Odd(Thresholder):
+        name = "odd"
+        description = "unknown scope"
+        scopes = ("channel",)
+
+        def masks(self, scores, keep_ratio, scope=None):
+            return {}
+
+    with pytest.raises(PrunekitError, match="scopes must be a non-empty tuple"):
+        Registry().add_plugin(plugin_registering("prunekit_register_thresholders", Odd()), "x",
+                              THIRD_PARTY)
+
+
+def test_extra_plugin_modules_load_from_a_file_without_installing(tmp_path, monkeypatch):
+    plugin = tmp_path / "my_dev_plugin.py"
+    plugin.write_text(
+        "from prunekit import Scorer, JOINT, hookimpl\n"
+        "class Dev(Scorer):\n"
+        "    name = 'dev-scorer'\n"
+        "    description = 'under development'\n"
+        "    def score(self, context):\n"
+        "        return {}\n"
+        "@hookimpl\n"
+        "def prunekit_register_scorers(register):\n"
+        "    register(Dev())\n")
+    monkeypatch.setenv("PRUNEKIT_PLUGINS", str(plugin))
+    registry = Registry.from_entry_points(only_own=True)  # loads with autoloading off too
+    info = registry.info("scorer", "dev-scorer")
+    assert (info.distribution, info.version) == (f"{plugin} (-p)", "not installed")
+    assert "snip" in registry.names("scorer")
+
+
+def test_an_extra_plugin_module_that_fails_to_import_is_one_error(monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_PLUGINS", "no_such_module_anywhere")
+    with pytest.raises(PrunekitError, match=r"plugin module 'no_such_module_anywhere' \(from -p / "
+                                            r"PRUNEKIT_PLUGINS\) failed to load "
+                                            r"\(ModuleNotFoundError"):
+        Registry.from_entry_points(only_own=True)
 
 
 def test_badly_formed_names_are_rejected():
