@@ -1,8 +1,8 @@
-"""A third-party plugin package, installed with pip, is found, listed, run and recorded.
+"""A third-party plugin package, installed with pip, is found, listed, checked, run and recorded.
 
-The package in tests/example_plugin is the template shown in docs/plugins.md. It is copied to a
-temporary folder (so building leaves nothing behind in the repository), installed there with
-``pip install --target`` and put on PYTHONPATH of CLI subprocesses only.
+The package in examples/prunekit-example-plugin is the template shown in docs/plugins.md. It is
+copied to a temporary folder (so building leaves nothing behind in the repository), installed
+there with ``pip install --target`` and put on PYTHONPATH of CLI subprocesses only.
 """
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).parent / "example_plugin"
+PACKAGE = Path(__file__).parents[1] / "examples" / "prunekit-example-plugin"
 DISTRIBUTION = "prunekit-example-plugin"
-VERSION = "0.1.0"
+VERSION = "0.2.0"
+METHODS = [("scorer", "example-synflow"), ("scorer", "example-magnitude"),
+           ("arbiter", "example-weighted-vote"), ("metric", "example-dice")]
 AUTOLOAD_SWITCH = "PRUNEKIT_DISABLE_PLUGIN_AUTOLOAD"
 
 
@@ -27,7 +29,8 @@ def site(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("third_party")
     source = root / "example_plugin"
     shutil.copytree(PACKAGE, source,
-                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__",
+                                                  ".pytest_cache"))
     target = root / "site"
     result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps",
                              "--no-build-isolation", "--disable-pip-version-check",
@@ -56,7 +59,7 @@ def listed(site: Path, cwd: Path, autoload: bool = True) -> dict[tuple[str, str]
 
 def test_plugins_lists_the_third_party_methods(site, tmp_path):
     entries = listed(site, tmp_path)
-    for kind, name in [("scorer", "example-magnitude"), ("arbiter", "example-first")]:
+    for kind, name in METHODS:
         entry = entries[(kind, name)]
         assert entry["distribution"] == DISTRIBUTION
         assert entry["version"] == VERSION
@@ -76,6 +79,63 @@ def test_run_with_the_third_party_scorer(site, tmp_path):
     assert scorer == {"name": "example-magnitude", "distribution": DISTRIBUTION,
                       "version": VERSION}
     assert report["sparsity"]["achieved"] == pytest.approx(0.9, abs=0.005)
+
+
+def saved_sparsity(out: Path) -> float:
+    """The share of zeros in the saved weights of every masked tensor."""
+    import torch
+
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    zeros = sum(int((checkpoint["model"][name] == 0).sum()) for name in checkpoint["masks"])
+    return zeros / sum(checkpoint["model"][name].numel() for name in checkpoint["masks"])
+
+
+def test_synflow_runs_its_declared_rounds_without_data(site, tmp_path):
+    out = tmp_path / "run"
+    result = prunekit(site, tmp_path, "run", "--quick", "--scorer", "example-synflow",
+                      "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is True
+    assert report["sparsity"]["achieved"] == pytest.approx(0.9, abs=0.005)
+    assert saved_sparsity(out) == pytest.approx(report["sparsity"]["achieved"], abs=1e-9)
+
+
+def test_weighted_vote_arbiter_and_dice_metric_in_a_run(site, tmp_path):
+    out = tmp_path / "run"
+    result = prunekit(site, tmp_path, "run", "--quick", "--arbiter", "example-weighted-vote",
+                      "--metric", "example-dice,iou", "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] is True
+    assert report["plugins"]["arbiter"]["distribution"] == DISTRIBUTION
+    assert report["plugins"]["metric:example-dice"]["version"] == VERSION
+    dice = report["task_overlap"]["example-dice"]
+    assert set(dice) == {"seg/depth", "seg/normal", "depth/normal"}
+    assert all(0.0 < value < 1.0 for value in dice.values())
+    assert report["sparsity"]["achieved"] == pytest.approx(0.9, abs=0.005)
+    assert saved_sparsity(out) == pytest.approx(report["sparsity"]["achieved"], abs=1e-9)
+
+
+@pytest.mark.parametrize("kind,name", METHODS)
+def test_every_example_method_passes_the_plugin_check(site, tmp_path, kind, name):
+    result = prunekit(site, tmp_path, "plugins", "check", name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"checking {kind} {name!r} ({DISTRIBUTION} {VERSION})"
+    assert lines[-1].endswith(" passed, 0 failed") and not lines[-1].startswith("0 passed")
+
+
+def test_plugin_module_loaded_with_p_without_installing(tmp_path):
+    """-p MODULE: the example's module straight from its folder, autoloading off."""
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE), AUTOLOAD_SWITCH: "1"}
+    result = subprocess.run([sys.executable, "-m", "prunekit", "-p", "prunekit_example_plugin",
+                             "plugins", "--json"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    entries = {(e["kind"], e["name"]): e for e in json.loads(result.stdout)}
+    assert entries[("metric", "example-dice")]["plugin"] == "prunekit_example_plugin"
+    assert entries[("metric", "example-dice")]["version"] == "not installed"
 
 
 def test_autoload_switch_hides_the_third_party_plugin(site, tmp_path):
