@@ -395,3 +395,25 @@ def test_a_baseline_evaluated_on_other_data_is_warned_of(runs, tmp_path, capsys,
     pruned, _ = quick_run(capsys, tmp_path / "pruned", "--baseline", str(tmp_path / "dense"))
     assert [w for w in pruned["warnings"] if warning in w and "Delta_T" in w]
     assert "delta_t" in pruned
+
+
+def test_no_compensate_reports_the_measured_miss_with_a_warning(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    report, _ = quick_run(capsys, out_dir, "--no-compensate")
+    achieved = report["sparsity"]["achieved"]
+    assert abs(achieved - 0.9) > 0.005  # merging each task's own 10% misses the target
+    warning = [w for w in report["warnings"] if "--no-compensate" in w]
+    assert warning and f"{report['sparsity']['masked']:.3f} sparse, 0.9 was requested" in warning[0]
+    checkpoint = torch.load(out_dir / "checkpoint.pt", weights_only=True)
+    zeros = sum(int((checkpoint["model"][n] == 0).sum()) for n in checkpoint["masks"])
+    total = sum(m.numel() for m in checkpoint["masks"].values())
+    assert achieved == zeros / total
+
+
+def test_metric_option_puts_each_metric_in_the_report(capsys, tmp_path):
+    report, _ = quick_run(capsys, tmp_path / "run", "--metric", "iou,mcss")
+    assert set(report["task_overlap"]) == {"iou", "mcss"}
+    assert set(report["plugins"]) >= {"metric:iou", "metric:mcss"}
+    code, _, err = invoke(capsys, "run", "--quick", "--metric", "dice", "--out",
+                          str(tmp_path / "bad"))
+    assert code == 2 and "unknown metric 'dice'" in err and len(err.strip().splitlines()) == 1

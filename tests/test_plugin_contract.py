@@ -100,6 +100,8 @@ CASES = [
          r"^saliency of task 'seg' of '[\w.]+': expected a tensor, got ndarray$"),
     case("scorer", "broken-scorer-nan-second-round",
          r"^saliency of task 'seg' of '[\w.]+': expected finite values, got nan$"),
+    # right shape, dtype and device, but a sparse COO tensor (torch.sparse_coo, not strided)
+    case("scorer", "broken-scorer-sparse", r"saliency of task 'seg' of '[\w.]+': .*sparse"),
     # thresholders, with the joint magnitude scorer
     case("thresholder", "broken-thresholder-keeps-all",
          r"^kept (\d+) of \1 elements at keep ratio 0\.1; expected \d+ \(give or take \d+, one "
@@ -120,6 +122,7 @@ CASES = [
     case("thresholder", "broken-thresholder-none", r"^masks\(\) returned None$"),
     case("thresholder", "broken-thresholder-raises",
          r"^masks\(\) raised RuntimeError: the thresholder fell over$"),
+    case("thresholder", "broken-thresholder-sparse", r"^mask of '[\w.]+': .*sparse"),
     # ... and with a per-task scorer, whose masks go through the bisection
     case("thresholder", "broken-thresholder-keeps-too-many",
          r"^kept \d+ of \d+ elements at keep ratio", "--thresholder",
@@ -128,6 +131,10 @@ CASES = [
     case("thresholder", "broken-thresholder-float-masks",
          r"expected dtype torch\.bool, got torch\.float32$", "--thresholder",
          "broken-thresholder-float-masks", "--scorer", GOOD_SCORER,
+         variant="with-a-per-task-scorer"),
+    # its sparse masks must be blamed on it, not on the arbiter that merges them
+    case("thresholder", "broken-thresholder-sparse", r"^mask of '[\w.]+': .*sparse",
+         "--thresholder", "broken-thresholder-sparse", "--scorer", GOOD_SCORER,
          variant="with-a-per-task-scorer"),
     # keeps the right count, but of the lowest scores: the second round of iterative pruning
     # keeps weights already pruned, which the run then drops; the masks overshoot the sparsity
@@ -151,6 +158,12 @@ CASES = [
          r"^merge\(\) raised IndexError: list index out of range$"),
     case("arbiter", "broken-arbiter-list",
          r"^merged mask of '[\w.]+': expected a tensor, got list$"),
+    case("arbiter", "broken-arbiter-sparse", r"^merged mask of '[\w.]+': .*sparse"),
+    # fills the tasks' masks it was given with True and returns one: it keeps weights that no
+    # task kept; --no-compensate, so no sparsity check can stand in for the contract's
+    case("arbiter", "broken-arbiter-keeps-all-in-place",
+         r"^merged mask of '[\w.]+': expected a subset of the tasks' union", "--arbiter",
+         "broken-arbiter-keeps-all-in-place", "--no-compensate", variant="no-compensate"),
     # metrics (report.json task_overlap), with disparse-snip on three tasks
     case("metric", "broken-metric-nan",
          r"^layer_score of '[\w.]+': expected a finite number, got nan$"),
@@ -297,15 +310,22 @@ def test_a_broken_run_leaves_an_earlier_complete_run_alone(site, good_run, tmp_p
     assert failed["config"]["arbiter"] == "broken-arbiter-uint8"
 
 
-def test_plugins_check_fails_a_broken_scorer(site, tmp_path):
-    result = prunekit(site, tmp_path, "plugins", "check", "broken-scorer-nan")
+@pytest.mark.parametrize("kind, name, problem", [
+    ("scorer", "broken-scorer-nan", "expected finite values, got nan"),
+    ("thresholder", "broken-thresholder-keeps-all", "elements at keep ratio"),
+    ("arbiter", "broken-arbiter-uint8", "expected dtype torch.bool, got torch.uint8"),
+    ("metric", "broken-metric-string", "expected a float, got str"),
+])
+def test_plugins_check_fails_a_broken_plugin(site, tmp_path, kind, name, problem):
+    result = prunekit(site, tmp_path, "plugins", "check", name)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == f"checking scorer 'broken-scorer-nan' {SOURCE}"
+    assert lines[0] == f"checking {kind} '{name}' {SOURCE}"
     fails = [line for line in lines if line.startswith("FAIL  ")]
     assert fails, result.stdout
-    assert any("expected finite values, got nan" in line for line in fails), result.stdout
+    assert any(f"{kind} '{name}' {SOURCE}: " in line and problem in line for line in fails), \
+        result.stdout
     assert re.fullmatch(r"\d+ passed, [1-9]\d* failed", lines[-1]), result.stdout
 
 

@@ -200,10 +200,19 @@ class NaNSecondRoundScorer(PerTaskScorer):
         return saliency
 
 
+class SparseScorer(PerTaskScorer):
+    name = "broken-scorer-sparse"
+    description = "sparse COO scores: the right shape, dtype and device, but not a strided tensor"
+
+    def spoil(self, saliency, context):
+        return {task: {name: s.to_sparse() for name, s in tensors.items()}
+                for task, tensors in saliency.items()}
+
+
 SCORERS = [GoodPerTaskScorer, BroadcastShapeScorer, NoneScorer, RaisingScorer,
            MissingTensorScorer, ExtraTensorScorer, ExtraTaskScorer, JointKeyScorer,
            IntegerScorer, NaNScorer, InfScorer, MetaDeviceScorer, ListScorer, TensorPerTaskScorer,
-           NumpyScorer, NaNSecondRoundScorer]
+           NumpyScorer, NaNSecondRoundScorer, SparseScorer]
 
 
 # --- thresholders -------------------------------------------------------------------------------
@@ -329,10 +338,18 @@ class KeepsLowestThresholder(TopThresholder):
         return top(scores, round(keep_ratio * total(scores)), lowest=True)
 
 
+class SparseThresholder(TopThresholder):
+    name = "broken-thresholder-sparse"
+    description = "sparse COO bool masks keeping the right count"
+
+    def spoil(self, masks, scores, keep_ratio):
+        return {name: m.to_sparse() for name, m in masks.items()}
+
+
 THRESHOLDERS = [KeepsAllThresholder, KeepsTooManyThresholder, KeepsNoneThresholder,
                 FloatMasksThresholder, WrongShapeThresholder, MissingMaskThresholder,
                 ExtraMaskThresholder, MetaDeviceThresholder, NoneThresholder, RaisingThresholder,
-                KeepsLowestThresholder]
+                KeepsLowestThresholder, SparseThresholder]
 
 
 # --- arbiters -----------------------------------------------------------------------------------
@@ -411,8 +428,27 @@ class ListArbiter(UnionArbiter):
         return list(masks)
 
 
+class SparseArbiter(UnionArbiter):
+    name = "broken-arbiter-sparse"
+    description = "the union as a sparse COO bool mask"
+
+    def spoil(self, merged, masks):
+        return merged.to_sparse()
+
+
+class InPlaceKeepsAllArbiter(UnionArbiter):
+    name = "broken-arbiter-keeps-all-in-place"
+    description = "fills the tasks' masks it is given with True, then returns the first"
+
+    def merge(self, masks):
+        for mask in masks:
+            mask.fill_(True)
+        return masks[0]
+
+
 ARBITERS = [KeepsAllArbiter, WrongShapeArbiter, Uint8Arbiter, FloatArbiter, MetaDeviceArbiter,
-            NoneArbiter, RaisingArbiter, ListArbiter]
+            NoneArbiter, RaisingArbiter, ListArbiter, SparseArbiter,
+            InPlaceKeepsAllArbiter]
 
 
 # --- metrics ------------------------------------------------------------------------------------
