@@ -12,11 +12,12 @@ The checks are a type test, a shape compare and one pass over each tensor: alway
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import math
 import numbers
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
@@ -66,11 +67,16 @@ def describe(plugin: Plugin) -> str:
     return f"{kind} {name!r} ({source})"
 
 
-def call(plugin: Plugin, method: str, *args, **kwargs):
+def call(plugin: Plugin, method: str, *args, inputs: Mapping[str, torch.Tensor] | None = None,
+         **kwargs):
     """``plugin.method(*args, **kwargs)``; an exception it raises becomes a PluginError.
 
-    prunekit's own errors (a NaN loss found by ``context.check_loss``, say) pass unchanged.
+    ``inputs`` (named tensors among the arguments) must come back as they went in: changing
+    them in place (seen by their version counters, no copy) is a PluginError too.
+    prunekit's own errors (a NaN loss found by ``context.check_loss``) pass unchanged.
     """
+    inputs = inputs or {}
+    versions = [tensor._version for tensor in inputs.values()]
     try:
         result = getattr(plugin, method)(*args, **kwargs)
     except PrunekitError:
@@ -78,6 +84,10 @@ def call(plugin: Plugin, method: str, *args, **kwargs):
     except Exception as exc:
         raise PluginError(plugin, f"{method}() raised {type(exc).__name__}: "
                                   f"{one_line(exc, 300)}") from exc
+    for (name, tensor), version in zip(inputs.items(), versions):
+        if tensor._version != version:
+            raise PluginError(plugin, f"{method}() changed its input {name} in place; "
+                                      "leave inputs as they are and return new tensors")
     if result is None:
         raise PluginError(plugin, f"{method}() returned None")
     return result
@@ -110,6 +120,9 @@ def check_tensor(plugin: Plugin, value: object, where: str, shape: torch.Size,
     """A tensor of exactly ``shape`` on ``device``: floating and finite, or bool."""
     if not isinstance(value, torch.Tensor):
         raise PluginError(plugin, f"{where}: expected a tensor, got {type(value).__name__}")
+    if value.layout != torch.strided:
+        raise PluginError(plugin, f"{where}: expected a dense (strided) tensor, got layout "
+                                  f"{value.layout}")
     if value.shape != shape:
         raise PluginError(plugin, f"{where}: expected shape {list(shape)}, got "
                                   f"{shape_of(value)}")
@@ -166,10 +179,32 @@ def asked_saliency(scorer: Scorer, context: ScoringContext) -> dict[str, list[st
     return {JOINT: list(layout.params)}
 
 
+@contextlib.contextmanager
+def weights_kept(scorer: Scorer, params: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """The prunable weights must be bit for bit what they were after the scorer ran.
+
+    Compared by value, not by version counter: pruning code often writes through ``.data``,
+    which version counters do not see, and a model left changed would be trained as it is.
+    """
+    before = {name: param.detach().clone() for name, param in params.items()}
+    yield
+    for name, param in params.items():
+        if not torch.equal(bits(param.detach()), bits(before[name])):
+            raise PluginError(scorer, f"score() changed the model's weights {name!r}; score "
+                                      "a copy, or restore them before returning")
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes: equal exactly when the values are, NaN included."""
+    return tensor.contiguous().flatten().view(torch.uint8)
+
+
 def score(scorer: Scorer, context: ScoringContext) -> Saliency:
-    """``scorer.score(context)``, checked: every key and tensor asked for, exact shapes, finite
-    floating scores on each parameter's device. A filter scorer may leave tensors out."""
-    saliency = call(scorer, "score", context)
+    """``scorer.score(context)``, checked: the model's prunable weights untouched, every key and
+    tensor asked for, exact shapes, finite floating scores on each parameter's device. A filter
+    scorer may leave tensors out."""
+    with weights_kept(scorer, context.layout.params):
+        saliency = call(scorer, "score", context)
     asked = asked_saliency(scorer, context)
     check_keys(scorer, saliency, list(asked), "saliency")
     params = context.layout.params
@@ -196,8 +231,9 @@ def threshold(thresholder: Thresholder, scores: Mapping[str, torch.Tensor], keep
 
     ``scope`` is passed only when one was asked for, so thresholders without scopes still work.
     """
-    masks = (call(thresholder, "masks", scores, keep_ratio) if scope is None
-             else call(thresholder, "masks", scores, keep_ratio, scope=scope))
+    inputs = {f"scores of {name!r}": tensor for name, tensor in scores.items()}
+    masks = (call(thresholder, "masks", scores, keep_ratio, inputs=inputs) if scope is None
+             else call(thresholder, "masks", scores, keep_ratio, scope=scope, inputs=inputs))
     check_keys(thresholder, masks, list(scores), "masks")
     for name, mask in masks.items():
         check_tensor(thresholder, mask, f"mask of {name!r}", scores[name].shape,
@@ -216,7 +252,8 @@ def threshold(thresholder: Thresholder, scores: Mapping[str, torch.Tensor], keep
 def merge(arbiter: Arbiter, masks: Sequence[torch.Tensor], name: str) -> torch.Tensor:
     """``arbiter.merge(masks)`` for the shared tensor ``name``, checked: one bool mask of the
     tasks' shape and device, keeping nothing that no task kept."""
-    merged = call(arbiter, "merge", masks)
+    merged = call(arbiter, "merge", masks,
+                  inputs={f"mask {i} of {name!r}": mask for i, mask in enumerate(masks)})
     first = masks[0]
     check_tensor(arbiter, merged, f"merged mask of {name!r}", first.shape, first.device,
                  floating=False)
@@ -231,15 +268,22 @@ def merge(arbiter: Arbiter, masks: Sequence[torch.Tensor], name: str) -> torch.T
 def layer_score(metric: Metric, mask_a: torch.Tensor, mask_b: torch.Tensor,
                 saliency_a: torch.Tensor, saliency_b: torch.Tensor, name: str) -> float:
     """``metric.layer_score(...)`` for the shared tensor ``name``, checked: a finite number."""
-    value = call(metric, "layer_score", mask_a, mask_b, saliency_a, saliency_b)
+    inputs = {f"{what} of {name!r}": tensor for what, tensor in
+              (("mask_a", mask_a), ("mask_b", mask_b), ("saliency_a", saliency_a),
+               ("saliency_b", saliency_b))}
+    value = call(metric, "layer_score", mask_a, mask_b, saliency_a, saliency_b, inputs=inputs)
     if isinstance(value, torch.Tensor) or isinstance(value, bool) \
             or not isinstance(value, numbers.Real):
         raise PluginError(metric, f"layer_score of {name!r}: expected a float, got "
                                   f"{type(value).__name__}")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range
+        number = math.inf
+    if not math.isfinite(number):
         raise PluginError(metric, f"layer_score of {name!r}: expected a finite number, "
-                                  f"got {value}")
-    return float(value)
+                                  f"got {one_line(value, 40)}")
+    return number
 
 
 def check_sparsity_reached(requested: float, achieved: float, plugins: Sequence[Plugin]) -> None:

@@ -86,6 +86,8 @@ BROKEN_SCORES = {
                                       r"returned saliency for 'seg', which was not asked for"),
     "a list": (lambda layout: [1, 2], "returned a list, expected a dict of saliency"),
     "None": (lambda layout: None, r"score\(\) returned None"),
+    "sparse layout": (lambda layout: scores_of(layout, lambda n, s: s.to_sparse()),
+                      "expected a dense \\(strided\\) tensor, got layout torch.sparse_coo"),
     "not a tensor": (lambda layout: scores_of(layout, lambda n, s: s.tolist()),
                      "expected a tensor, got list"),
 }
@@ -98,6 +100,17 @@ def test_a_broken_score_is_one_error_naming_the_scorer(tiny_model, layout, make,
     assert str(error.value).startswith(f"scorer 'returning' (module {__name__}, not "
                                        "installed): ")
     assert "\n" not in str(error.value)
+
+
+def test_a_scorer_must_leave_the_models_weights_alone(tiny_model, layout):
+    def abs_in_place(layout):  # SynFlow done carelessly: the run would train |w|
+        for param in layout.params.values():
+            param.data.abs_()
+        return scores_of(layout)
+
+    with pytest.raises(PluginError, match=r"score\(\) changed the model's weights "
+                                          r"'trunk.0.weight'; score a copy"):
+        contract.score(Returning(abs_in_place), context(tiny_model, layout, []))
 
 
 def test_a_raising_scorer_is_a_plugin_error_with_the_cause_kept(tiny_model, layout):
@@ -188,6 +201,11 @@ BROKEN_MASKS = {
     "masks on another device": (lambda s, r: {n: m.to("meta") for n, m in topk(s, r).items()},
                                 "expected device cpu, got meta"),
     "None": (lambda s, r: None, r"masks\(\) returned None"),
+    "sparse masks": (lambda s, r: {n: m.to_sparse() for n, m in topk(s, r).items()},
+                     "expected a dense \\(strided\\) tensor, got layout torch.sparse_coo"),
+    "scores changed in place": (lambda s, r: topk({n: t.clamp_(min=0) for n, t in s.items()}, r),
+                                r"masks\(\) changed its input scores of 'trunk.0.weight' in "
+                                r"place"),
 }
 
 
@@ -263,6 +281,10 @@ BROKEN_MERGES = {
     "another device": (lambda masks: masks[0].to("meta"), "expected device cpu, got meta"),
     "a list": (lambda masks: list(masks), "expected a tensor, got list"),
     "None": (lambda masks: None, r"merge\(\) returned None"),
+    "sparse": (lambda masks: masks[0].to_sparse(), "expected a dense \\(strided\\) tensor"),
+    "a union written into the first mask": (
+        lambda masks: [masks[0].__ior__(m) for m in masks[1:]][-1],
+        r"merge\(\) changed its input mask 0 of 'trunk.0.weight' in place"),
 }
 
 
@@ -301,12 +323,27 @@ class Scoring(Metric):
     (True, "expected a float, got bool"),
     ("0.5", "expected a float, got str"),
     (None, r"layer_score\(\) returned None"),
+    (10 ** 400, "expected a finite number, got 1000000000"),
 ])
 def test_a_broken_metric_is_one_error_naming_it(value, message):
     masks, saliency = TASK_MASKS, [torch.rand(2, 3), torch.rand(2, 3)]
     with pytest.raises(PluginError, match=message) as error:
         contract.layer_score(Scoring(value), *masks, *saliency, "trunk.0.weight")
     assert str(error.value).startswith("metric 'scoring' (")
+
+
+def test_a_metric_must_leave_its_inputs_alone():
+    class Clearing(Metric):
+        name = "clearing"
+        description = "zeroes a saliency"
+
+        def layer_score(self, mask_a, mask_b, saliency_a, saliency_b):
+            saliency_b.zero_()
+            return 0.5
+
+    masks = [m.clone() for m in TASK_MASKS]
+    with pytest.raises(PluginError, match=r"changed its input saliency_b of 'w' in place"):
+        contract.layer_score(Clearing(), *masks, torch.rand(2, 3), torch.rand(2, 3), "w")
 
 
 @pytest.mark.parametrize("value", [1, 0.25, np.float64(0.75)])
