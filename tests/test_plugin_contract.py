@@ -16,16 +16,16 @@ checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+
+from plugin_packages import install, prunekit
 
 PACKAGE = Path(__file__).parent / "broken_plugins"
 DISTRIBUTION = "prunekit-broken-plugins"
@@ -35,8 +35,6 @@ ERROR = "prunekit: error: "
 GOOD_SCORER = "good-per-task-magnitude"
 SPARSITY = 0.9
 TOLERANCE = 0.005
-# what the CLI subprocesses must not inherit from the test process or the user's shell
-ISOLATED = ("PRUNEKIT_DISABLE_PLUGIN_AUTOLOAD", "PRUNEKIT_PLUGINS", "PRUNEKIT_DEBUG")
 
 
 @dataclass(frozen=True)
@@ -162,7 +160,7 @@ CASES = [
     # fills the tasks' masks it was given with True and returns one: it keeps weights that no
     # task kept; --no-compensate, so no sparsity check can stand in for the contract's
     case("arbiter", "broken-arbiter-keeps-all-in-place",
-         r"^merged mask of '[\w.]+': expected a subset of the tasks' union", "--arbiter",
+         r"^merge\(\) changed its input mask 0 of '[\w.]+' in place", "--arbiter",
          "broken-arbiter-keeps-all-in-place", "--no-compensate", variant="no-compensate"),
     # metrics (report.json task_overlap), with disparse-snip on three tasks
     case("metric", "broken-metric-nan",
@@ -185,25 +183,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The broken plugins installed into a fresh folder (pip runs once for this module)."""
-    root = tmp_path_factory.mktemp("broken_plugins")
-    source = root / "broken_plugins"
-    shutil.copytree(PACKAGE, source,
-                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    target = root / "site"
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps",
-                             "--no-build-isolation", "--disable-pip-version-check",
-                             "--target", str(target), str(source)],
-                            cwd=root, capture_output=True, text=True)
-    assert result.returncode == 0, f"pip failed:\n{result.stdout}\n{result.stderr}"
-    return target
-
-
-def prunekit(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """``python -m prunekit ARGS`` with the broken plugins installed, autoloading on."""
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "prunekit", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return install(PACKAGE, tmp_path_factory.mktemp("broken_plugins"))
 
 
 def quick_run(site: Path, out: Path, *args: str, before: tuple[str, ...] = ()):

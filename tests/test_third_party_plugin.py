@@ -1,19 +1,19 @@
 """A third-party plugin package, installed with pip, is found, listed, checked, run and recorded.
 
-The package in examples/prunekit-example-plugin is the template shown in docs/plugins.md. It is
-copied to a temporary folder (so building leaves nothing behind in the repository), installed
-there with ``pip install --target`` and put on PYTHONPATH of CLI subprocesses only.
+The package in examples/prunekit-example-plugin is the template shown in docs/plugins.md,
+installed as its users would (tests/plugin_packages.py).
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from plugin_packages import install, prunekit as run_prunekit
 
 PACKAGE = Path(__file__).parents[1] / "examples" / "prunekit-example-plugin"
 DISTRIBUTION = "prunekit-example-plugin"
@@ -26,29 +26,11 @@ AUTOLOAD_SWITCH = "PRUNEKIT_DISABLE_PLUGIN_AUTOLOAD"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The example plugin installed into a fresh folder (pip runs once for this module)."""
-    root = tmp_path_factory.mktemp("third_party")
-    source = root / "example_plugin"
-    shutil.copytree(PACKAGE, source,
-                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__",
-                                                  ".pytest_cache"))
-    target = root / "site"
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps",
-                             "--no-build-isolation", "--disable-pip-version-check",
-                             "--target", str(target), str(source)],
-                            cwd=root, capture_output=True, text=True)
-    assert result.returncode == 0, f"pip failed:\n{result.stdout}\n{result.stderr}"
-    return target
+    return install(PACKAGE, tmp_path_factory.mktemp("third_party"))
 
 
 def prunekit(site: Path, cwd: Path, *args: str, autoload: bool = True):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    if autoload:
-        env.pop(AUTOLOAD_SWITCH, None)
-    else:
-        env[AUTOLOAD_SWITCH] = "1"
-    return subprocess.run([sys.executable, "-m", "prunekit", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_prunekit(site, cwd, *args, env={} if autoload else {AUTOLOAD_SWITCH: "1"})
 
 
 def listed(site: Path, cwd: Path, autoload: bool = True) -> dict[tuple[str, str], dict]:
