@@ -26,7 +26,7 @@ from .api import check_arbiter, check_scope, check_sparsity, compute_masks, reso
 from .data import build_dataset
 from .data.augment import Augmented, SeededSampler
 from .errors import NonFiniteLossError, PrunekitError, UnknownNameError, one_line, user_message
-from .files import save_torch, write_json
+from .files import non_finite_keys, save_torch, write_json
 from .interfaces import Masks, Scorer, Thresholder
 from .layout import ResolvedLayout
 from .masks import AppliedMasks, dense_masks, measured_sparsity
@@ -45,8 +45,10 @@ from .timing import add_seconds, timed
 from .training import Progress, Resumption, evaluate, no_progress, to_device, train
 
 DEFAULT_TASKS = ("seg", "depth", "normal")
-# where a failed run's report goes when the folder holds an earlier complete run's outputs
-FAILED_REPORT = "report.failed.json"
+REPORT = "report.json"
+# where the report of a run not (yet) complete goes when the folder holds an earlier complete
+# run: its report.json and checkpoint.pt stay until this run completes
+INCOMPLETE_REPORT = "report.incomplete.json"
 BATCH_SEEDS = 1_000_003  # scoring batch i of seed s draws from seed s * BATCH_SEEDS + i
 # options that only some modes read (--rewind and --init-checkpoint elsewhere are errors)
 MODE_OPTIONS = {
@@ -439,6 +441,8 @@ class Run:
                                 f"process(es); resume it in as many (--nproc)")
         if self.resume is None and self.writer:  # a folder used again: not the old run's
             (self.out_dir / RESUME_FILE).unlink(missing_ok=True)
+        self.report_name = (INCOMPLETE_REPORT if self.writer and holds_complete_run(self.out_dir)
+                            else REPORT)
         self.baseline = load_baseline(config.baseline) if config.baseline else None
         with timed(self.timings, "setup"):
             self.build()
@@ -717,26 +721,29 @@ class Run:
     def finish(self, error: BaseException | None) -> None:
         """Write report.json: complete only when the run finished; never a stale checkpoint.
         A finished run needs no resume.pt; a failed or stopped one keeps its last one."""
-        name = "report.json"
         if error is not None:
             self.report["error"] = user_message(error) or type(error).__name__
             self.report["stopped"] = isinstance(error, RunStopped)
-            if self.writer and holds_complete_run(self.out_dir):
-                name = FAILED_REPORT  # an earlier run's outputs stay as they were
-            else:
+            if self.report_name == REPORT:  # else the checkpoint is an earlier run's: it stays
                 (self.out_dir / "checkpoint.pt").unlink(missing_ok=True)
         elif self.writer:
             (self.out_dir / RESUME_FILE).unlink(missing_ok=True)
-            (self.out_dir / FAILED_REPORT).unlink(missing_ok=True)
-        self.write_report(complete=error is None, name=name)
+        self.write_report(complete=error is None)
+        if error is None and self.writer:
+            (self.out_dir / INCOMPLETE_REPORT).unlink(missing_ok=True)
 
-    def write_report(self, complete: bool, name: str = "report.json") -> None:
+    def write_report(self, complete: bool) -> None:
+        """report.json when complete; before that (at checkpoints, after a failure) the
+        incomplete report, in ``report_name``. Strict JSON: a value that is not a finite number
+        is written as null, with a warning naming it."""
         self.report["timings"] = {**self.timings, "total": self.elapsed()}
         self.report["complete"] = complete
-        if self.writer:  # strict JSON: a value that is not a finite number is written as null
-            write_json(self.out_dir / name, self.report,
-                       on_null=lambda key: self.warn(f"report.json: {key} is not a finite "
-                                                     "number; written as null"))
+        for key in non_finite_keys(self.report):
+            message = f"report.json: {key} is not a finite number; written as null"
+            if message not in self.report["warnings"]:
+                self.warn(message)
+        if self.writer:
+            write_json(self.out_dir / (REPORT if complete else self.report_name), self.report)
 
 
 def run(config: RunConfig, show_progress: bool = False, warn=print_warning,
@@ -833,7 +840,7 @@ def hold_out(dataset, share: float, most: int) -> tuple[Subset, Subset]:
 def holds_complete_run(folder: Path) -> bool:
     """Whether ``folder`` holds the report of an earlier run that completed."""
     try:
-        return json.loads((folder / "report.json").read_text()).get("complete") is True
+        return json.loads((folder / REPORT).read_text()).get("complete") is True
     except (OSError, ValueError, AttributeError):
         return False
 

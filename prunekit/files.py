@@ -39,30 +39,34 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def finite_or_null(value: Any, key: str = "", nulled: list[str] | None = None) -> Any:
-    """``value`` with every float that is NaN or infinite replaced by None; the dotted keys
-    of those go to ``nulled``."""
+def non_finite_keys(value: Any, key: str = "") -> list[str]:
+    """The dotted keys (``metrics.seg.miou``, ``curve[3]``) of the floats in ``value`` that are
+    NaN or infinite."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [key or "(top level)"]
+    if isinstance(value, dict):
+        return [k for name, v in value.items()
+                for k in non_finite_keys(v, f"{key}.{name}" if key else str(name))]
+    if isinstance(value, (list, tuple)):
+        return [k for i, v in enumerate(value) for k in non_finite_keys(v, f"{key}[{i}]")]
+    return []
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite replaced by None."""
     if isinstance(value, float) and not math.isfinite(value):
-        if nulled is not None:
-            nulled.append(key or "(top level)")
         return None
     if isinstance(value, dict):
-        return {k: finite_or_null(v, f"{key}.{k}" if key else str(k), nulled)
-                for k, v in value.items()}
+        return {k: finite_or_null(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [finite_or_null(v, f"{key}[{i}]", nulled) for i, v in enumerate(value)]
+        return [finite_or_null(v) for v in value]
     return value
 
 
-def write_json(path: str | Path, data: Any,
-               on_null: Callable[[str], None] | None = None) -> None:
-    """Strict JSON (no NaN or Infinity, which JSON has not): such values are written as null,
-    and ``on_null`` hears each one's dotted key."""
-    nulled: list[str] = []
-    text = json.dumps(finite_or_null(data, nulled=nulled), indent=2, allow_nan=False) + "\n"
-    for key in nulled:
-        if on_null is not None:
-            on_null(key)
+def write_json(path: str | Path, data: Any) -> None:
+    """Strict JSON: NaN and infinities, which JSON has not, are written as null (callers that
+    must say so find them with ``non_finite_keys``)."""
+    text = json.dumps(finite_or_null(data), indent=2, allow_nan=False) + "\n"
 
     def write(temporary: Path) -> None:
         temporary.write_text(text)

@@ -417,3 +417,21 @@ def test_metric_option_puts_each_metric_in_the_report(capsys, tmp_path):
     code, _, err = invoke(capsys, "run", "--quick", "--metric", "dice", "--out",
                           str(tmp_path / "bad"))
     assert code == 2 and "unknown metric 'dice'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_earlier_complete_run_stays_until_the_new_run_completes(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    quick_run(capsys, out_dir)
+    earlier = {name: (out_dir / name).read_bytes() for name in ("report.json", "checkpoint.pt")}
+    # a NaN loss after a checkpoint was written: the incomplete report goes beside the earlier
+    code, _, err = invoke(capsys, "run", "--quick", "--no-progress", "--out", str(out_dir),
+                          "--lr", "1e30", "--checkpoint-every", "1")
+    assert code == 2 and "loss is nan during training" in err
+    for name, content in earlier.items():
+        assert (out_dir / name).read_bytes() == content, name
+    incomplete = json.loads((out_dir / "report.incomplete.json").read_text())
+    assert incomplete["complete"] is False and "nan" in incomplete["error"]
+    report, _ = quick_run(capsys, out_dir, "--seed", "1")  # completes: replaces them
+    assert report["config"]["seed"] == 1 and report["complete"] is True
+    assert (out_dir / "checkpoint.pt").read_bytes() != earlier["checkpoint.pt"]
+    assert not (out_dir / "report.incomplete.json").exists()

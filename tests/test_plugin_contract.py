@@ -273,7 +273,7 @@ def test_a_good_plugin_of_the_same_install_completes(good_run):
     counted = zeros / total
     assert counted == pytest.approx(achieved, abs=TOLERANCE)
     assert counted == pytest.approx(SPARSITY, abs=TOLERANCE)
-    assert not (good_run / "report.failed.json").exists()
+    assert not (good_run / "report.incomplete.json").exists()
 
 
 def test_a_broken_run_leaves_an_earlier_complete_run_alone(site, good_run, tmp_path):
@@ -285,7 +285,7 @@ def test_a_broken_run_leaves_an_earlier_complete_run_alone(site, good_run, tmp_p
     for name, content in before.items():
         assert (out / name).read_bytes() == content, f"{name} changed"
     assert report_of(out)["complete"] is True
-    failed = report_of(out, "report.failed.json")
+    failed = report_of(out, "report.incomplete.json")
     assert failed is not None and failed["complete"] is False
     assert failed["error"] == line[len(ERROR):]
     assert failed["config"]["arbiter"] == "broken-arbiter-uint8"
