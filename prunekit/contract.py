@@ -42,7 +42,8 @@ class PluginError(PrunekitError):
 
 @functools.lru_cache(maxsize=None)
 def installed_distribution(module: str) -> tuple[str, str] | None:
-    """The distribution, and its version, that installed the top-level ``module``."""
+    """The distribution, and its version, that installed the top-level package of ``module``
+    (the one whose entry point registered it, for an installed plugin)."""
     names = importlib.metadata.packages_distributions().get(module.split(".")[0])
     if not names:
         return None
@@ -51,19 +52,10 @@ def installed_distribution(module: str) -> tuple[str, str] | None:
 
 def describe(plugin: Plugin) -> str:
     """``scorer 'name' (distribution version)``: where a plugin object came from."""
-    from .registry import default_registry  # the registry itself checks plugins with this module
-
     kind = getattr(plugin, "kind", "plugin")
     name = getattr(plugin, "name", type(plugin).__name__)
-    try:
-        registered = [e for e in default_registry().all(kind) if e.obj is plugin]
-    except PrunekitError:  # no registry (a broken installation): say what we can
-        registered = []
-    if registered:
-        source = f"{registered[0].distribution} {registered[0].version}"
-    else:
-        found = installed_distribution(type(plugin).__module__)
-        source = " ".join(found) if found else f"module {type(plugin).__module__}, not installed"
+    found = installed_distribution(type(plugin).__module__)
+    source = " ".join(found) if found else f"module {type(plugin).__module__}, not installed"
     return f"{kind} {name!r} ({source})"
 
 

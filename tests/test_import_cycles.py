@@ -1,0 +1,99 @@
+"""No new import cycles inside prunekit (docs/architecture.md: dependencies point down).
+
+Every import counts: at module level, inside functions (a run-time import hides a cycle, it does
+not remove it) and under ``TYPE_CHECKING``. ``KNOWN_CYCLES`` lists the cycles the code had when
+this test was written; the architecture work removes them one by one, and this test fails both
+on a new cycle and on a listed one that is gone (so the list only shrinks).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1] / "prunekit"
+KNOWN_CYCLES = [
+    # Run's modes, structured pruning, resume and retraining reach back into the engine
+    {"prunekit.engine", "prunekit.modes", "prunekit.resume", "prunekit.retrain",
+     "prunekit.structured"},
+    # the sparse convolution's op registers its autograd formula, which calls the op
+    {"prunekit.sparse_conv", "prunekit.sparse_conv_grad"},
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The prunekit modules ``path`` imports, anywhere in the file."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from . import contract` imports a module; `from .api import resolve` a name
+            targets = [f"{base}.{alias.name}" for alias in node.names]
+            if node.module:
+                targets.append(base)
+        else:
+            continue
+        found |= {t for t in targets if t in modules}
+    return found - {name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = {module_name(p): p for p in ROOT.rglob("*.py")}
+    return {name: imported_modules(path, set(paths)) for name, path in paths.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_sees_a_cycle_through_a_function_level_import():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [{"a", "b", "c"}]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_beyond_the_known_ones():
+    found = cycles(import_graph())
+    new = [sorted(c) for c in found if c not in KNOWN_CYCLES]
+    gone = [sorted(c) for c in KNOWN_CYCLES if c not in found]
+    assert not new, f"import cycles not in KNOWN_CYCLES: {new}"
+    assert not gone, f"cycles gone (or changed): remove them from KNOWN_CYCLES: {gone}"
