@@ -11,16 +11,9 @@ import torch
 from prunekit import load_checkpoint
 from prunekit.cli import main
 from prunekit.models import build_model
+from helpers import invoke
 
 TASKS = ("seg", "depth", "normal")
-
-
-def invoke(capsys, *args):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
 
 
 def quick_run(capsys, out_dir, *extra):

@@ -12,15 +12,9 @@ from prunekit.conv_timing import (WARMUP, ConvShape, bench_conv, crossovers, for
                                   interleaved_median_ms)
 from prunekit.errors import PrunekitError
 from prunekit.sparse_conv import SparseConv2d
+from helpers import invoke
 
 INPUT = (32, 40)  # the quick run's image size
-
-
-def invoke(capsys, *args):
-    with pytest.raises(SystemExit) as exit_:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from prunekit import engine, load_checkpoint, training
-from prunekit.cli import main
 from prunekit.data.synthetic import SyntheticIndoorScenes
 from prunekit.engine import QUICK, RunConfig
 from prunekit.errors import NonFiniteLossError, PrunekitError
@@ -20,13 +19,7 @@ from prunekit.files import atomic_write, write_json
 from prunekit.models import build_model
 from prunekit.sparse_conv import SparseConv2d
 from prunekit.resume import RESUME_FILE
-
-
-def invoke(capsys, *args):
-    with pytest.raises(SystemExit) as exit_:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
+from helpers import invoke
 
 
 def one_error_line(err: str) -> str:

@@ -13,17 +13,9 @@ import math
 import pytest
 import torch
 
-from prunekit import ops
 from prunekit.ops import topk_mask, topk_mask_reference
 
-CUDA_AVAILABLE = torch.cuda.is_available()
-CUDA = CUDA_AVAILABLE and ops.cuda_compiled()
-CUDA_SKIP_REASON = ("no CUDA GPU on this machine" if not CUDA_AVAILABLE
-                    else "prunekit._C was built without its CUDA kernels")
-
-# Every device-dependent test runs on each of these. CUDA tests are reported as a single explicit
-# skip (test_cuda_grid_stride_large below) rather than one skip per parametrized case.
-DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+from helpers import CUDA, CUDA_SKIP_REASON, DEVICES
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["f64", "f32", "f16", "bf16"]
 

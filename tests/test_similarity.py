@@ -4,19 +4,12 @@ import json
 import pytest
 import torch
 
-from prunekit.cli import main
 from prunekit.layer_weighting import layer_weights
 from prunekit.registry import default_registry
 from prunekit.similarity import (SeedResult, compare_subnetworks, layer_iou, pair_scores,
                                  summarise, watershed)
 from prunekit.similarity_run import SimilarityConfig, format_table
-
-
-def invoke(capsys, *args):
-    with pytest.raises(SystemExit) as exit_:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exit_.value.code, captured.out, captured.err
+from helpers import invoke
 
 
 def test_watershed_is_the_layer_after_which_the_curve_drops_most():

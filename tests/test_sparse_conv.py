@@ -10,11 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit import ops
 from prunekit.ops import SparseConv2d, sparse_conv2d, sparse_conv2d_reference
 
-CUDA = torch.cuda.is_available() and ops.cuda_compiled()
-DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+from helpers import DEVICES
 TOLERANCE = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
 

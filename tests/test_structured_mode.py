@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from prunekit import PrunekitError, load_checkpoint
-from prunekit.cli import main
 from prunekit.engine import QUICK, Run, RunConfig, hold_out, read_checkpoint, run
 from prunekit.models import build_model
 from prunekit.models.surgery import (channel_groups, count_parameters, kept_channels,
@@ -22,6 +21,7 @@ from prunekit.retrain import check_select_metric, reinitialise, selection_score
 from prunekit.structured import Budget, ChannelImportance, candidate_groups
 from prunekit.task_weighting import AdaptiveTaskWeights
 from prunekit.training import evaluate, no_progress, train
+from helpers import invoke
 
 TASKS = ("seg", "depth", "normal")
 TASK_CHANNELS = {"seg": 13, "depth": 1, "normal": 3}  # the synthetic dataset's
@@ -369,14 +369,6 @@ def test_unreachable_sparsity_names_the_sparsity_option(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # the command line
-
-
-def invoke(capsys, *args):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as exit_:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
 
 
 ITERATIVE = ["--mode", "iterative"]

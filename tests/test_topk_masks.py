@@ -17,11 +17,7 @@ import torch
 from prunekit import ops
 from prunekit.ops import criterion_scores, topk_masks, topk_masks_reference
 
-CUDA = torch.cuda.is_available() and ops.cuda_compiled()
-CUDA_SKIP_REASON = ("no CUDA GPU on this machine" if not torch.cuda.is_available()
-                    else "prunekit._C was built without its CUDA kernels")
-# CUDA cases run only with a GPU; without one a single explicit skip below says so.
-DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+from helpers import CUDA, CUDA_SKIP_REASON, DEVICES
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 KINDS = ["normal", "heavy ties", "mostly zero", "all equal", "lowest mantissa bits",
          "inf and signed zeros"]

@@ -11,8 +11,8 @@ from torchvision.models import segmentation
 
 import prunekit
 from prunekit import load_checkpoint
-from prunekit.cli import main
 from prunekit.tasks import DepthTask, SegmentationTask
+from helpers import invoke
 
 USER_NET = textwrap.dedent('''
     import torch.nn.functional as F
@@ -58,13 +58,6 @@ def user_net(tmp_path):
     path = tmp_path / "user_net.py"
     path.write_text(USER_NET)
     return path
-
-
-def invoke(capsys, *args):
-    with pytest.raises(SystemExit) as exit_:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
 
 
 def test_a_user_model_from_a_file_is_pruned_trained_and_loaded_again(capsys, tmp_path,
