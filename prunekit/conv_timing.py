@@ -8,8 +8,6 @@ device synchronisation inside each timed call on CUDA; what is compared is timed
 """
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -17,8 +15,8 @@ import torch
 from torch import nn
 
 from .sparse_conv import SparseConv2d
+from .timing import interleaved_median_ms
 
-WARMUP = 3
 
 
 @dataclass(frozen=True)
@@ -46,30 +44,6 @@ REFERENCE_SHAPES = (
     ConvShape("1x1 256->64@56x56", 256, 64, 1, 56, 56),
     ConvShape("1x1 1024->256@14x14", 1024, 256, 1, 14, 14),
 )
-
-
-def median_ms(forward: Callable[[torch.Tensor], object], x: torch.Tensor,
-              repeats: int) -> float:
-    """Median milliseconds of ``forward(x)`` over ``repeats`` calls, after warm-up calls."""
-    return interleaved_median_ms([forward], x, repeats)[0]
-
-
-def interleaved_median_ms(forwards: Sequence[Callable[[torch.Tensor], object]],
-                          x: torch.Tensor, repeats: int) -> list[float]:
-    """Median milliseconds of each ``forward(x)`` over ``repeats`` rounds, after warm-up rounds.
-    Each round calls every forward once in turn, so a burst of load from other processes slows
-    them alike instead of falling on one of them: their ratio is what the timing is for."""
-    synchronise = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-    seconds = [[] for _ in forwards]
-    with torch.no_grad():
-        for call in range(WARMUP + repeats):
-            for forward, taken in zip(forwards, seconds):
-                start = time.perf_counter()
-                forward(x)
-                synchronise()
-                if call >= WARMUP:
-                    taken.append(time.perf_counter() - start)
-    return [1000 * statistics.median(taken) for taken in seconds]
 
 
 @dataclass(frozen=True)

@@ -658,7 +658,8 @@ class Run:
         if not self.config.init_checkpoint:
             self.train_phase(None, self.config.iterations, self.config.lr, "pretraining")
 
-    def execute(self) -> dict:
+    def execute(self) -> Masks:
+        """Run the mode, evaluate, write the checkpoint; returns the final masks."""
         config = self.config
         if config.dense:
             masks = dense_masks(self.layout)
@@ -684,10 +685,9 @@ class Run:
                                              "final_weights": self.task_weights.weights}
         if self.baseline:
             self.report["delta_t"] = delta_t(metrics, self.baseline["metrics"], self.tasks)
-        self.final_masks = masks
         if self.writer:
             save_torch(self.out_dir / "checkpoint.pt", checkpoint)
-        return self.report
+        return masks
 
     def requested_sparsity(self) -> float | None:
         """None when a structured run's budget is a share of parameters instead."""

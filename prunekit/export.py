@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from . import ops
-from .conv_timing import interleaved_median_ms, time_dense_and_sparse
+from .conv_timing import time_dense_and_sparse
+from .timing import interleaved_median_ms
 from .data import NATIVE_SIZES
 from .engine import check_out_dir, load_checkpoint
 from .errors import PrunekitError, one_line

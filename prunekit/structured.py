@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping
 
@@ -32,7 +31,7 @@ from .interfaces import JOINT, Masks, ScoringContext
 from .masks import dense_masks
 from .models.surgery import (ChannelGroup, channel_groups, count_macs, count_parameters,
                              kept_channels, remove_filters)
-from .timing import timed
+from .timing import interleaved_median_ms, timed
 from .training import check_loss, no_progress
 
 if TYPE_CHECKING:
@@ -150,35 +149,17 @@ class ChannelImportance:
         return {name: mask for name, mask in keep.items() if not mask.all()}
 
 
-@torch.no_grad()
 def latencies_ms(models: list[nn.Module], image: torch.Tensor, repeats: int = 21) -> list[float]:
-    """Median wall-clock milliseconds of one forward pass of each model, in evaluation mode.
-
-    The models take turns, so a machine busy for part of the measurement slows each alike.
-    """
+    """Median wall-clock milliseconds of one forward pass of each model, in evaluation mode,
+    the models taking turns (``interleaved_median_ms``)."""
     modes = [model.training for model in models]
-    times: list[list[float]] = [[] for _ in models]
     try:
         for model in models:
             model.eval()
-            for _ in range(3):  # warm caches and allocators
-                model(image)
-        for _ in range(repeats):
-            for model, samples in zip(models, times):
-                synchronise(image)
-                start = time.perf_counter()
-                model(image)
-                synchronise(image)
-                samples.append(time.perf_counter() - start)
+        return interleaved_median_ms(models, image, repeats)
     finally:
         for model, training in zip(models, modes):
             model.train(training)
-    return [1000.0 * sorted(samples)[len(samples) // 2] for samples in times]
-
-
-def synchronise(tensor: torch.Tensor) -> None:
-    if tensor.is_cuda:
-        torch.cuda.synchronize(tensor.device)
 
 
 def model_cost(model: nn.Module, image: torch.Tensor, latency: float) -> dict:

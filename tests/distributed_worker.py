@@ -49,8 +49,7 @@ def main() -> None:
     try:
         run.prepare()
         run.out_dir.mkdir(parents=True, exist_ok=True)
-        run.execute()
-        masks = run.final_masks
+        masks = run.execute()
         hashes = {"model": {k: digest(v) for k, v in run.model.state_dict().items()},
                   "masks": {k: digest(v) for k, v in masks.items()},
                   "world_size": distributed.world_size()}
