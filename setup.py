@@ -109,9 +109,8 @@ if __name__ == "__main__":
         version=version(),
         description="Pruning toolkit for multi-task neural networks",
         python_requires=">=3.10",
-        packages=find_packages(include=["prunekit", "prunekit.*"])
-        + ["prunekit_plugins"] + [f"prunekit_plugins.{p}" for p in find_packages("plugins")],
-        package_dir={"prunekit_plugins": "plugins"},
+        packages=find_packages(include=["prunekit", "prunekit.*", "prunekit_plugins",
+                                        "prunekit_plugins.*"]),
         ext_modules=ext_modules,
         cmdclass={"build_ext": BuildExtension},
         entry_points={
