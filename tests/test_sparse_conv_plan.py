@@ -11,7 +11,8 @@ from torch import nn
 
 from prunekit.export import export_program
 from prunekit.ops import SparseConv2d, sparse_conv2d, sparse_conv2d_plan, sparse_conv2d_reference
-from test_sparse_conv import CUDA, conv_layer, random_mask
+from helpers import CUDA
+from test_sparse_conv import conv_layer, random_mask
 
 WRONG_PLAN = "plan was not made by sparse_conv2d_plan"
 

@@ -424,7 +424,7 @@ def test_structured_cli_errors_are_one_line_and_exit_2(capsys, tmp_path, args, m
 
 
 def test_cli_lr_list_is_the_retraining_sweep(monkeypatch, capsys, tmp_path):
-    import prunekit.cli as cli
+    import prunekit.cli.runs as cli
 
     seen = []
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from .cli_options import echo_err, float_list, image_size, options
-from .errors import PrunekitError
+from .base import cli
+from .options import echo_err, float_list, image_size, options
+from ..errors import PrunekitError
 
 DEVICE = click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 REPEATS = click.option("--repeats", type=int, default=20, show_default=True,
@@ -20,7 +21,7 @@ RUN_INPUT = options(
 )
 
 
-@click.command("export")
+@cli.command("export")
 @click.argument("run_dir")
 @click.option("--sparse-kernels/--dense-kernels", default=True, show_default=True,
               help="Time each masked conv dense and sparse and keep the faster (or keep all "
@@ -35,7 +36,7 @@ def export_command(run_dir, sparse_kernels, input_size, batch, device, repeats, 
 
     Load it with prunekit.export.load_exported(PATH).
     """
-    from .export import export_run, format_report
+    from ..export import export_run, format_report
 
     report = export_run(run_dir, sparse_kernels=sparse_kernels, input_size=input_size,
                         batch=batch, device=device, repeats=repeats, out=out,
@@ -43,7 +44,7 @@ def export_command(run_dir, sparse_kernels, input_size, batch, device, repeats, 
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
 
 
-@click.group("bench")
+@cli.group("bench")
 def bench_group():
     """Time the sparse convolution against the dense one."""
 
@@ -67,8 +68,8 @@ def sparsities(ctx, param, value):
 @AS_JSON
 def bench_conv_command(sparsity_list, device, batch, repeats, plot, as_json):
     """Reference layer shapes (ResNet-50, DeepLab-ResNet34) at each sparsity: dense vs sparse."""
-    from .conv_timing import bench_conv, crossovers, format_conv_table
-    from .export import check_timing_request
+    from ..conv_timing import bench_conv, crossovers, format_conv_table
+    from ..export import check_timing_request
 
     check_timing_request(device, batch, repeats)
     if plot:
@@ -76,7 +77,7 @@ def bench_conv_command(sparsity_list, device, batch, repeats, plot, as_json):
     rows = bench_conv(sparsity_list, device, batch, repeats,
                       progress=lambda line: echo_err(f"bench: {line}"))
     if plot:
-        from .plots import save_speedup_plot
+        from ..plots import save_speedup_plot
         save_speedup_plot(rows, plot)
     if as_json:
         click.echo(json.dumps({"device": device, "batch": batch, "rows": rows,
@@ -105,7 +106,7 @@ def check_plot_path(path: str) -> None:
 def bench_model_command(run_dir, input_size, batch, device, repeats, as_json):
     """Each masked conv of RUN_DIR's model, dense vs sparse, and the whole model with the faster
     of each (nothing written)."""
-    from .export import format_report, measure_run
+    from ..export import format_report, measure_run
 
     *_, report = measure_run(run_dir, input_size=input_size, batch=batch, device=device,
                              repeats=repeats, progress=lambda line: echo_err(f"bench: {line}"))

@@ -1,0 +1,84 @@
+"""``prunekit similarity`` and ``prunekit group``: which tasks belong together."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..training import no_progress
+from .base import cli
+from .options import DEFAULTS, comma_list, float_list, given_options, image_size
+
+
+@cli.command("similarity")
+@click.option("--tasks", callback=comma_list, default=",".join(DEFAULTS["tasks"]),
+              show_default=True, help="Comma-separated tasks to compare (two or more).")
+@click.option("--metric", "metrics", callback=comma_list, default="mcss,iou,css,epi-sim",
+              show_default=True, help="Comma-separated metric plugins.")
+@click.option("--sparsity", "sparsities", callback=float_list, default="0.3,0.5,0.7,0.9",
+              show_default=True, help="Comma-separated sparsities of the per-task masks.")
+@click.option("--weighting", "weightings", callback=comma_list,
+              default="equal,linear,step,sparsity", show_default=True,
+              help="Comma-separated layer weightings: equal, linear, step, sparsity.")
+@click.option("--seeds", type=int, default=4, show_default=True,
+              help="Initialisations scored, from --seed on; scores are averaged over them.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--average-sparsities", is_flag=True,
+              help="Print only the mean over sparsities (the JSON always has both).")
+@click.option("--scorer", default="disparse-snip", show_default=True,
+              help="Per-task scorer finding each task's subnetwork.")
+@click.option("--thresholder", default="topk", show_default=True)
+@click.option("--scope", default=None, help="Thresholder scope [default: the thresholder's].")
+@click.option("--model", default=DEFAULTS["model"], show_default=True)
+@click.option("--width", type=float, default=DEFAULTS["width"], show_default=True)
+@click.option("--dataset", default=DEFAULTS["dataset"], show_default=True)
+@click.option("--data-root", default=None)
+@click.option("--image-size", callback=image_size, default=None)
+@click.option("--score-batches", type=int, default=DEFAULTS["score_batches"], show_default=True)
+@click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True)
+@click.option("--device", default=DEFAULTS["device"], show_default=True)
+@click.option("--out", default=None, help="Output folder [default: runs/<time>-similarity].")
+@click.option("--quick", is_flag=True, help="Tiny settings; explicit options still win.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.pass_context
+def similarity_command(ctx, quick, progress, **options):
+    """Which tasks belong together? Compare the tasks' subnetworks at initialisation."""
+    from ..engine import tqdm_progress
+    from ..similarity_run import QUICK_SIMILARITY, SimilarityConfig, describe_watershed, \
+        run_similarity
+
+    config = SimilarityConfig(**{**(QUICK_SIMILARITY if quick else {}),
+                                 **given_options(ctx, options)})
+    record, out, table = run_similarity(config, tqdm_progress if progress else no_progress)
+    click.echo(table, nl=False)
+    click.echo(f"\n{describe_watershed(record)}")
+    click.echo(f"\nwrote {out / 'similarity.json'}, {out / 'similarity.md'}, "
+               f"heatmap-<metric>.png and layer-iou.png in {out}")
+
+
+@cli.command("group")
+@click.option("--similarity", "similarity_file", default=None,
+              help="similarity.json of `prunekit similarity`: pairwise scores, training-free.")
+@click.option("--metric", default="mcss", show_default=True,
+              help="With --similarity: the metric whose scores group the tasks.")
+@click.option("--weighting", default="equal", show_default=True,
+              help="With --similarity: the layer weighting of those scores.")
+@click.option("--alone", type=float, default=1.0, show_default=True,
+              help="With --similarity: the score of a task trained alone (its similarity "
+                   "with itself).")
+@click.option("--pairs", "pairs_file", default=None,
+              help="Measured pair performance, JSON or CSV rows of task, trained_with, score "
+                   "(trained_with = the task itself for training alone).")
+@click.option("--lower-is-better", is_flag=True,
+              help="With --pairs: scores are losses or errors (negated for the search).")
+@click.option("--budget", type=float, required=True,
+              help="Networks to train, in units of one full network.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def group_command(similarity_file, metric, weighting, alone, pairs_file, lower_is_better,
+                  budget, as_json):
+    """Choose which tasks to train together within a budget (exact branch and bound)."""
+    from ..grouping_run import choose_groups, format_grouping
+
+    result = choose_groups(similarity_file, metric, weighting, alone, pairs_file,
+                           lower_is_better, budget)
+    click.echo(json.dumps(result, indent=2) if as_json else format_grouping(result))
