@@ -3,7 +3,7 @@
 Run with:  make bench   (or .venv/bin/python -m pytest benchmarks -k sparse_conv)
            add  -k "batch1"  or  -k "3x3"  to pick cases.
 
-Layers of ResNet-50 and of the DeepLab-ResNet34 backbone (prunekit.conv_timing.REFERENCE_SHAPES,
+Layers of ResNet-50 and of the DeepLab-ResNet34 backbone (prunekit.ops.conv_timing.REFERENCE_SHAPES,
 the shapes `prunekit bench conv` times; the dilated ones at NYUv2's 288x384 input, output stride
 8: 36x48), batch 1 and 8, sparsities 0.7 to 0.95 (random unstructured
 masks, as a saliency top-k leaves them):
@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prunekit.conv_timing import REFERENCE_SHAPES, random_masked_conv
+from prunekit.ops.conv_timing import REFERENCE_SHAPES, random_masked_conv
 from prunekit.ops import SparseConv2d, cuda_compiled
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and cuda_compiled() else [])

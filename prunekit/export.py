@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from . import ops
-from .conv_timing import time_dense_and_sparse
+from .ops.conv_timing import time_dense_and_sparse
 from .timing import interleaved_median_ms
 from .data import NATIVE_SIZES
 from .engine import check_out_dir, load_checkpoint
 from .errors import PrunekitError, one_line
 from .files import atomic_write, write_json
-from .sparse_conv import SparseConv2d
+from .ops.sparse_conv import SparseConv2d
 
 EXPORT_FOLDER = "export"
 MODEL_FILE = "model.pt2"

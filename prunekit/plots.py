@@ -82,7 +82,7 @@ def save_layer_iou(record: dict, path: str | Path) -> None:
 
 def save_speedup_plot(rows: list[dict], path: str | Path) -> None:
     """Sparse kernel speed-up over the dense conv against sparsity, one line per layer shape
-    (rows of ``prunekit.conv_timing.bench_conv``); the dashed line is break-even."""
+    (rows of ``prunekit.ops.conv_timing.bench_conv``); the dashed line is break-even."""
     pyplot = pyplot_for_files()
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
     for layer in dict.fromkeys(row["layer"] for row in rows):

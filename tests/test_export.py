@@ -8,10 +8,10 @@ from torch import nn
 
 from prunekit import export
 from prunekit.cli import main
-from prunekit.conv_timing import ConvShape, bench_conv, crossovers, format_conv_table
+from prunekit.ops.conv_timing import ConvShape, bench_conv, crossovers, format_conv_table
 from prunekit.timing import WARMUP, interleaved_median_ms
 from prunekit.errors import PrunekitError
-from prunekit.sparse_conv import SparseConv2d
+from prunekit.ops import SparseConv2d
 from helpers import invoke
 
 INPUT = (32, 40)  # the quick run's image size

@@ -17,7 +17,7 @@ from prunekit.errors import NonFiniteLossError, PrunekitError
 from prunekit.export import masked_convs
 from prunekit.files import atomic_write, write_json
 from prunekit.models import build_model
-from prunekit.sparse_conv import SparseConv2d
+from prunekit.ops import SparseConv2d
 from prunekit.resume import RESUME_FILE
 from helpers import invoke
 

@@ -16,7 +16,7 @@ KNOWN_CYCLES = [
     {"prunekit.engine", "prunekit.modes", "prunekit.resume", "prunekit.retrain",
      "prunekit.structured"},
     # the sparse convolution's op registers its autograd formula, which calls the op
-    {"prunekit.sparse_conv", "prunekit.sparse_conv_grad"},
+    {"prunekit.ops.sparse_conv", "prunekit.ops.sparse_conv_grad"},
 ]
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.ops import SparseConv2d
-from prunekit.sparse_conv_grad import sparse_conv2d_backward_reference
+from prunekit.ops.sparse_conv_grad import sparse_conv2d_backward_reference
 
 from helpers import DEVICES
 TOLERANCE = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10)}

@@ -68,7 +68,7 @@ def sparsities(ctx, param, value):
 @AS_JSON
 def bench_conv_command(sparsity_list, device, batch, repeats, plot, as_json):
     """Reference layer shapes (ResNet-50, DeepLab-ResNet34) at each sparsity: dense vs sparse."""
-    from ..conv_timing import bench_conv, crossovers, format_conv_table
+    from ..ops.conv_timing import bench_conv, crossovers, format_conv_table
     from ..export import check_timing_request
 
     check_timing_request(device, batch, repeats)

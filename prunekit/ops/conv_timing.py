@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .sparse_conv import SparseConv2d
-from .timing import interleaved_median_ms
+from ..timing import interleaved_median_ms
 
 
 

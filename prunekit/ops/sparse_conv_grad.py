@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _C  # noqa: F401  (registers torch.ops.prunekit.*)
+from .. import _C  # noqa: F401  (registers torch.ops.prunekit.*)
 from .sparse_conv import value_rows, weight_from_rows
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _C  # noqa: F401  (registers torch.ops.prunekit.sparse_conv2d)
+from .. import _C  # noqa: F401  (registers torch.ops.prunekit.sparse_conv2d)
 
 
 def _pair(value, name: str) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 try:
-    from . import _C  # noqa: F401  (loading the library registers torch.ops.prunekit.*)
+    from .. import _C  # noqa: F401  (loading the library registers torch.ops.prunekit.*)
 except ImportError as exc:  # pragma: no cover - only without a build
     raise ImportError("prunekit._C is not built; run `make install` "
                       "(pip install --no-build-isolation -e .)") from exc
