@@ -8,7 +8,7 @@ import random
 import pytest
 
 from prunekit.errors import PrunekitError
-from prunekit.grouping import (Network, best_grouping, brute_force_grouping, higher_order_networks,
+from prunekit.analysis.grouping import (Network, best_grouping, brute_force_grouping, higher_order_networks,
                                load_pair_table, pairwise_from_similarity)
 
 

@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from prunekit.layer_weighting import layer_weights
+from prunekit.analysis.layer_weighting import layer_weights
 from prunekit.registry import default_registry
-from prunekit.similarity import (SeedResult, compare_subnetworks, layer_iou, pair_scores,
+from prunekit.analysis.similarity import (SeedResult, compare_subnetworks, layer_iou, pair_scores,
                                  summarise, watershed)
-from prunekit.similarity_run import SimilarityConfig, format_table
+from prunekit.analysis.similarity_run import SimilarityConfig, format_table
 from helpers import invoke
 
 

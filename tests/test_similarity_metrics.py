@@ -7,7 +7,7 @@ import torch
 
 from prunekit import Metric, PrunekitError
 from prunekit.errors import UnknownNameError
-from prunekit.layer_weighting import STEP_SKIP, WEIGHTINGS, layer_weights, weighted_mean
+from prunekit.analysis.layer_weighting import STEP_SKIP, WEIGHTINGS, layer_weights, weighted_mean
 from prunekit.registry import default_registry
 
 METRICS = ("iou", "epi-sim", "css", "mcss")

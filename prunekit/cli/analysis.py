@@ -44,7 +44,7 @@ from .options import DEFAULTS, comma_list, float_list, given_options, image_size
 def similarity_command(ctx, quick, progress, **options):
     """Which tasks belong together? Compare the tasks' subnetworks at initialisation."""
     from ..engine import tqdm_progress
-    from ..similarity_run import QUICK_SIMILARITY, SimilarityConfig, describe_watershed, \
+    from ..analysis.similarity_run import QUICK_SIMILARITY, SimilarityConfig, describe_watershed, \
         run_similarity
 
     config = SimilarityConfig(**{**(QUICK_SIMILARITY if quick else {}),
@@ -77,7 +77,7 @@ def similarity_command(ctx, quick, progress, **options):
 def group_command(similarity_file, metric, weighting, alone, pairs_file, lower_is_better,
                   budget, as_json):
     """Choose which tasks to train together within a budget (exact branch and bound)."""
-    from ..grouping_run import choose_groups, format_grouping
+    from ..analysis.grouping_run import choose_groups, format_grouping
 
     result = choose_groups(similarity_file, metric, weighting, alone, pairs_file,
                            lower_is_better, budget)

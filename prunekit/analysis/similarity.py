@@ -3,7 +3,7 @@
 For each seed a fresh model is scored once per task (a per-task scorer, ``disparse-snip`` by
 default); every requested sparsity's masks come from that same saliency. On every shared tensor,
 in model order, each metric plugin compares each pair of tasks; a layer weighting
-(``prunekit.layer_weighting``) averages the layers into one score per pair. Scores are averaged
+(``prunekit.analysis.layer_weighting``) averages the layers into one score per pair. Scores are averaged
 over seeds, per sparsity, and over sparsities (``mean``).
 
 The per-layer IoU curve (mean over pairs, seeds and sparsities) locates the *watershed layer*:
@@ -20,14 +20,14 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from . import contract
-from .api import check_sparsity, resolve
-from .errors import PrunekitError
-from .interfaces import Masks, Metric, Saliency, ScoringContext
+from .. import contract
+from ..api import check_sparsity, resolve
+from ..errors import PrunekitError
+from ..interfaces import Masks, Metric, Saliency, ScoringContext
 from .layer_weighting import WEIGHTINGS, layer_weights, weighted_mean
-from .layout import ResolvedLayout
-from .pruning import per_task_masks
-from .training import check_loss, no_progress
+from ..layout import ResolvedLayout
+from ..pruning import per_task_masks
+from ..training import check_loss, no_progress
 
 DEFAULT_METRICS = ("mcss", "iou", "css", "epi-sim")
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
@@ -143,7 +143,7 @@ def check_request(metrics: Sequence[str], weightings: Sequence[str],
         check_sparsity(sparsity)
     for weighting in weightings:
         if weighting not in WEIGHTINGS:
-            from .errors import UnknownNameError
+            from ..errors import UnknownNameError
             raise UnknownNameError("weighting", weighting, WEIGHTINGS)
     for name in metrics:
         resolve("metric", name)

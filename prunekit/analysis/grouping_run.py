@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import PrunekitError
+from ..errors import PrunekitError
 from .grouping import best_grouping, higher_order_networks, load_pair_table, \
     pairwise_from_similarity
 

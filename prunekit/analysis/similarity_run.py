@@ -8,17 +8,17 @@ from pathlib import Path
 
 import torch
 
-from .api import check_scope, resolve
-from .data import build_dataset
-from .engine import DEFAULT_TASKS, Batches, check_out_dir, fresh_run_dir, resolve_device
-from .errors import PrunekitError
-from .files import atomic_write, write_json
-from .models import build_model, model_layout
-from .plots import save_layer_iou, save_similarity_heatmap
+from ..api import check_scope, resolve
+from ..data import build_dataset
+from ..engine import DEFAULT_TASKS, Batches, check_out_dir, fresh_run_dir, resolve_device
+from ..errors import PrunekitError
+from ..files import atomic_write, write_json
+from ..models import build_model, model_layout
+from ..plots import save_layer_iou, save_similarity_heatmap
 from .similarity import (DEFAULT_METRICS, DEFAULT_SPARSITIES, check_request,
                          compare_subnetworks, score_tasks, summarise)
-from .tasks import build_tasks
-from .training import no_progress
+from ..tasks import build_tasks
+from ..training import no_progress
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .errors import PrunekitError, UnknownNameError
+from ..errors import PrunekitError, UnknownNameError
 
 WEIGHTINGS = ("equal", "linear", "step", "sparsity")
 STEP_SKIP = 5

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PrunekitError, UnknownNameError
+from ..errors import PrunekitError, UnknownNameError
 
 Pair = tuple[str, str]
 EPS = 1e-9  # slack on budget comparisons, so 0.1 + 0.2 fits a budget of 0.3
