@@ -8,7 +8,9 @@ finite metric values. A broken contract, an exception or a None from a plugin is
 ``PluginError`` line naming the kind, the plugin, its distribution and version, the tensor,
 and what was expected against what came back.
 
-The checks are a type test, a shape compare and one pass over each tensor: always on.
+Inputs a plugin changes in place are refused too (version counters; for a scorer, the model's
+prunable weights compared bit for bit). The checks are a type test, a shape compare and one pass
+over each tensor, plus one copy of the weights around a scorer: always on.
 """
 from __future__ import annotations
 
