@@ -21,7 +21,7 @@ import torch
 
 from . import contract
 from .api import compute_masks, resolve
-from .errors import PrunekitError, one_line
+from .errors import PrunekitError, UnknownNameError, one_line
 from .interfaces import INTERFACES, Arbiter, Metric, Plugin, Scorer, ScoringContext, Thresholder
 from .registry import default_registry
 
@@ -202,7 +202,6 @@ def find_plugin(plugin: str | Plugin, kind: str | None) -> Plugin:
         raise PrunekitError(f"{plugin!r} names a {' and a '.join(kinds)}; give --kind")
     if not kinds:
         everything = {n for k in INTERFACES for n in default_registry().names(k)}
-        from .errors import UnknownNameError
         raise UnknownNameError("plugin", plugin, everything)
     return default_registry().get(kinds[0], plugin)
 

@@ -39,8 +39,9 @@ def plugins_check_command(name, kind):
     from ..contract import describe
     from ..testing import check_plugin, find_plugin
 
-    click.echo(f"checking {describe(find_plugin(name, kind))}")
-    findings = check_plugin(name, kind)
+    plugin = find_plugin(name, kind)
+    click.echo(f"checking {describe(plugin)}")
+    findings = check_plugin(plugin)
     for finding in findings:
         click.echo(finding.line())
     failed = sum(not f.ok for f in findings)
