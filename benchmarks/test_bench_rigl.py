@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from prunekit.engine import Run, RunConfig
-from prunekit.masks import AppliedMasks
+from prunekit.core.masks import AppliedMasks
 from prunekit.registry import default_registry
-from prunekit.rigl import RigLSchedule, RigLUpdater
-from prunekit.training import no_progress, train
+from prunekit.core.rigl import RigLSchedule, RigLUpdater
+from prunekit.training.loop import train
+from prunekit.core.batch import no_progress
 
 CONFIG = RunConfig(mode="dynamic")
 ROUNDS = 5

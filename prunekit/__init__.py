@@ -7,9 +7,9 @@ from .errors import PrunekitError
 from .hookspecs import hookimpl
 from .interfaces import (JOINT, Arbiter, Masks, Metric, Plugin, Saliency, Scorer, ScoringContext,
                          Thresholder)
-from .layout import MultiTaskLayout, ResolvedLayout
-from .masks import AppliedMasks, sparsity_summary
-from .saliency import GradientScorer
+from .core.layout import MultiTaskLayout, ResolvedLayout
+from .core.masks import AppliedMasks, sparsity_summary
+from .core.saliency import GradientScorer
 from .api import compute_masks
 from .engine import RunConfig, load_checkpoint, run
 

@@ -1,6 +1,6 @@
 """Prune any multi-task ``nn.Module`` from Python.
 
-    from prunekit import MultiTaskLayout, compute_masks, AppliedMasks
+    from . import MultiTaskLayout, compute_masks, AppliedMasks
     layout = MultiTaskLayout(shared=["encoder"], heads={"seg": ["seg_head"], "depth": ["depth_head"]})
     result = compute_masks(model, layout, tasks, batches, scorer="disparse-snip", arbiter="or",
                            sparsity=0.9)
@@ -17,14 +17,14 @@ from typing import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from . import contract
+from .core import contract
 from .errors import PrunekitError
 from .interfaces import INTERFACES, Arbiter, Masks, Plugin, Scorer, ScoringContext, Thresholder
-from .layout import MultiTaskLayout, ResolvedLayout
-from .pruning import PruneResult, prune, round_sparsities
+from .core.layout import MultiTaskLayout, ResolvedLayout
+from .core.pruning import PruneResult, prune, round_sparsities
 from .registry import Registry, default_registry
 from .tasks import Task
-from .training import Progress, check_loss, no_progress
+from .core.batch import Progress, check_loss, no_progress
 
 
 def resolve(kind: str, plugin: str | Plugin, registry: Registry | None = None) -> Plugin:

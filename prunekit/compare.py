@@ -16,7 +16,7 @@ from pathlib import Path
 from .engine import Run, RunConfig, check_out_dir, fresh_run_dir, print_warning, run
 from .errors import PrunekitError
 from .files import atomic_write, write_json
-from .training import no_progress
+from .core.batch import no_progress
 
 DENSE = "dense"
 WARM_STARTED = ("pretrained", "iterative")  # the modes that prune trained weights

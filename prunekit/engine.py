@@ -20,7 +20,8 @@ from typing import Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from . import contract, distributed
+from .core import contract
+from .core import distributed
 from ._version import __version__
 from .api import check_arbiter, check_scope, check_sparsity, compute_masks, resolve
 from .data import build_dataset
@@ -28,21 +29,22 @@ from .data.augment import Augmented, SeededSampler
 from .errors import NonFiniteLossError, PrunekitError, UnknownNameError, one_line, user_message
 from .files import non_finite_keys, save_torch, write_json
 from .interfaces import Masks, Scorer, Thresholder
-from .layout import ResolvedLayout
-from .masks import AppliedMasks, dense_masks, measured_sparsity
+from .core.layout import ResolvedLayout
+from .core.masks import AppliedMasks, dense_masks, measured_sparsity
 from .modes import MODES
-from .pruning import PruneResult
+from .core.pruning import PruneResult
 from .models import build_model, canonical_name, model_layout
 from .registry import default_registry, plugin_info
 from .models.surgery import kept_channels, shrink_to
 from .report import delta_t, load_baseline
-from .resume import RESUME_FILE, PhaseCheckpoints, RunStopped, StopRequest, read_resume
+from .training.resume import RESUME_FILE, PhaseCheckpoints, RunStopped, StopRequest, read_resume
 from .retrain import SELECTION_SHARE, check_select_metric
 from .structured import check_structured
-from .task_weighting import AdaptiveTaskWeights
+from .training.task_weighting import AdaptiveTaskWeights
 from .tasks import build_tasks
 from .timing import add_seconds, timed
-from .training import Progress, Resumption, evaluate, no_progress, to_device, train
+from .training.loop import Resumption, evaluate, train
+from .core.batch import Progress, no_progress, to_device
 
 DEFAULT_TASKS = ("seg", "depth", "normal")
 REPORT = "report.json"

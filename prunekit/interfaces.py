@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from .layout import ResolvedLayout
+    from .core.layout import ResolvedLayout
     from .tasks import Task
 
 # {task name, or JOINT for single-loss scorers: {parameter name: score tensor of the param's shape}}

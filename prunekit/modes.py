@@ -20,12 +20,12 @@ import torch
 
 from .errors import PrunekitError
 from .interfaces import Masks
-from .masks import AppliedMasks
+from .core.masks import AppliedMasks
 from .plots import save_sparsity_history
-from .pruning import round_sparsities
+from .core.pruning import round_sparsities
 from .registry import default_registry, plugin_info
-from .rigl import RigLSchedule, RigLUpdater
-from .soft_threshold import ComponentThresholds
+from .core.rigl import RigLSchedule, RigLUpdater
+from .core.soft_threshold import ComponentThresholds
 from .structured import structured_iterative
 
 if TYPE_CHECKING:

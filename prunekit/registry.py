@@ -19,7 +19,7 @@ from typing import Iterator
 import pluggy
 
 from . import hookspecs
-from .contract import declaration_problem, installed_distribution
+from .core.contract import declaration_problem, installed_distribution
 from .errors import PrunekitError, UnknownNameError, one_line
 from .imports import import_module_or_file
 from .interfaces import INTERFACES, Plugin

@@ -21,7 +21,7 @@ from .errors import PrunekitError
 from .report import delta_t
 from .tasks import Task
 from .timing import timed
-from .training import evaluate
+from .training.loop import evaluate
 
 if TYPE_CHECKING:
     from .engine import Run

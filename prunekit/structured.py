@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import torch
 from torch import nn
 
-from . import contract
+from .core import contract
 from .errors import PrunekitError
 from .interfaces import JOINT, Masks, ScoringContext
-from .masks import dense_masks
+from .core.masks import dense_masks
 from .models.surgery import (ChannelGroup, channel_groups, count_macs, count_parameters,
                              kept_channels, remove_filters)
 from .timing import interleaved_median_ms, timed
-from .training import check_loss, no_progress
+from .core.batch import check_loss, no_progress
 
 if TYPE_CHECKING:
     from .engine import Run

@@ -2,7 +2,7 @@
 
 For plugin authors, in their own tests::
 
-    from prunekit.testing import assert_plugin_ok
+    from .testing import assert_plugin_ok
     def test_my_scorer_keeps_the_contract():
         assert_plugin_ok(MyScorer())
 
@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from . import contract
+from .core import contract
 from .api import compute_masks, resolve
 from .errors import PrunekitError, UnknownNameError, one_line
 from .interfaces import INTERFACES, Arbiter, Metric, Plugin, Scorer, ScoringContext, Thresholder

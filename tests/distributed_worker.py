@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from prunekit import distributed
+from prunekit.core import distributed
 from prunekit.engine import QUICK, Run, RunConfig
-from prunekit.resume import PhaseCheckpoints, read_resume
-from prunekit.training import no_progress
+from prunekit.training.resume import PhaseCheckpoints, read_resume
+from prunekit.core.batch import no_progress
 
 
 def digest(tensor: torch.Tensor) -> str:

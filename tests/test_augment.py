@@ -10,7 +10,7 @@ from prunekit.data import augment as augment_module
 from prunekit.data.augment import Augmented, SeededSampler, augment, crop_or_pad
 from prunekit.data.synthetic import IGNORE_INDEX
 from prunekit.engine import QUICK, Run, RunConfig
-from prunekit.training import no_progress
+from prunekit.core.batch import no_progress
 from test_cli import quick_run
 
 

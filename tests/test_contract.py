@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from prunekit import JOINT, Arbiter, Metric, PrunekitError, Scorer, Thresholder, compute_masks
-from prunekit import contract
-from prunekit.contract import PluginError
+from prunekit.core import contract
+from prunekit.core.contract import PluginError
 from prunekit.files import non_finite_keys, write_json
 from prunekit.interfaces import ScoringContext
-from prunekit.masks import measured_sparsity
-from prunekit.pruning import round_sparsities
+from prunekit.core.masks import measured_sparsity
+from prunekit.core.pruning import round_sparsities
 from prunekit.registry import default_registry
 from prunekit.testing import check_plugin
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunekit import engine, load_checkpoint, training
+from prunekit import engine, load_checkpoint
+from prunekit.training import loop as training
 from prunekit.data.synthetic import SyntheticIndoorScenes
 from prunekit.engine import QUICK, RunConfig
 from prunekit.errors import NonFiniteLossError, PrunekitError
@@ -18,7 +19,7 @@ from prunekit.export import masked_convs
 from prunekit.files import atomic_write, write_json
 from prunekit.models import build_model
 from prunekit.ops import SparseConv2d
-from prunekit.resume import RESUME_FILE
+from prunekit.training.resume import RESUME_FILE
 from helpers import invoke
 
 
@@ -187,7 +188,7 @@ def stopped_run(tmp_path, monkeypatch):
     """A quick run killed right after its second checkpoint."""
     class Killed(BaseException):
         pass
-    from prunekit.resume import PhaseCheckpoints
+    from prunekit.training.resume import PhaseCheckpoints
     original, written = PhaseCheckpoints.write, []
 
     def write(self, state):

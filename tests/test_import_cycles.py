@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).parents[1] / "prunekit"
 KNOWN_CYCLES = [
     # Run's modes, structured pruning, resume and retraining reach back into the engine
-    {"prunekit.engine", "prunekit.modes", "prunekit.resume", "prunekit.retrain",
+    {"prunekit.engine", "prunekit.modes", "prunekit.training.resume", "prunekit.retrain",
      "prunekit.structured"},
     # the sparse convolution's op registers its autograd formula, which calls the op
     {"prunekit.ops.sparse_conv", "prunekit.ops.sparse_conv_grad"},

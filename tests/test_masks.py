@@ -4,8 +4,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from prunekit import AppliedMasks, sparsity_summary
-from prunekit.masks import dense_masks
-from prunekit.training import train
+from prunekit.core.masks import dense_masks
+from prunekit.training.loop import train
 
 from conftest import make_batches
 

@@ -11,13 +11,13 @@ import torch
 
 from prunekit import JOINT, PrunekitError, compute_masks
 from prunekit.engine import QUICK, Run, RunConfig, read_checkpoint, run
-from prunekit.masks import density
+from prunekit.core.masks import density
 from prunekit.modes import MODES, iterative, round_sparsities
 from prunekit.ops import topk_mask_reference
-from prunekit.pruning import prune
+from prunekit.core.pruning import prune
 from prunekit.registry import default_registry
-from prunekit.rigl import RigLSchedule
-from prunekit.training import no_progress
+from prunekit.core.rigl import RigLSchedule
+from prunekit.core.batch import no_progress
 from prunekit_plugins.erk import erk_keep_counts
 
 TOLERANCE = 0.005

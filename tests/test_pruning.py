@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from prunekit import JOINT, compute_masks
-from prunekit.masks import density
+from prunekit.core.masks import density
 from prunekit.models import build_model
 from prunekit.ops import topk_mask_reference
-from prunekit.pruning import prune
+from prunekit.core.pruning import prune
 from prunekit.registry import default_registry
 
 from conftest import make_batches, make_tasks

@@ -11,7 +11,7 @@ import torch
 
 from prunekit import engine
 from prunekit.engine import QUICK, RunConfig
-from prunekit.resume import RESUME_FILE, PhaseCheckpoints
+from prunekit.training.resume import RESUME_FILE, PhaseCheckpoints
 
 
 class Killed(BaseException):

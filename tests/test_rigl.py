@@ -12,8 +12,8 @@ import torch
 
 from prunekit import JOINT, AppliedMasks, Scorer
 from prunekit.registry import default_registry
-from prunekit.rigl import RigLSchedule, RigLUpdater, merged_growth
-from prunekit.training import train
+from prunekit.core.rigl import RigLSchedule, RigLUpdater, merged_growth
+from prunekit.training.loop import train
 
 from conftest import make_batches
 

@@ -5,7 +5,7 @@ from torch.func import functional_call
 
 from prunekit import JOINT, ScoringContext
 from prunekit.registry import default_registry
-from prunekit.training import check_loss
+from prunekit.core.batch import check_loss
 
 
 def context_for(model, tasks, batches):

@@ -10,7 +10,7 @@ import torch
 from conftest import TinyMultiTaskNet
 from prunekit import JOINT, ScoringContext
 from prunekit.registry import default_registry
-from prunekit.training import check_loss
+from prunekit.core.batch import check_loss
 
 GRADIENT_SCORERS = ["gradflow", "disparse-gradflow", "rigl", "disparse-rigl"]
 

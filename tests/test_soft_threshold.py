@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from prunekit.soft_threshold import SHARED, ComponentThresholds, soft_threshold
+from prunekit.core.soft_threshold import SHARED, ComponentThresholds, soft_threshold
 
 
 def test_forward_matches_the_formula_with_exact_zeros():

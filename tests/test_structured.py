@@ -6,7 +6,7 @@ import torch
 
 from prunekit import JOINT, ScoringContext
 from prunekit.registry import default_registry
-from prunekit.training import check_loss
+from prunekit.core.batch import check_loss
 from prunekit_plugins.structured import pairwise_filter_cosine
 
 
@@ -74,7 +74,7 @@ def test_pairwise_filter_cosine_on_hand_made_gradients():
 def test_filter_scorers_are_refused_by_prunekit_run(name):
     from prunekit import PrunekitError
     from prunekit.engine import Run, RunConfig
-    from prunekit.training import no_progress
+    from prunekit.core.batch import no_progress
 
     with pytest.raises(PrunekitError, match="scores whole filters"):
         Run(RunConfig(scorer=name), no_progress).check()

@@ -19,8 +19,9 @@ from prunekit.models.surgery import (channel_groups, count_parameters, kept_chan
 from prunekit.report import delta_t
 from prunekit.retrain import check_select_metric, reinitialise, selection_score
 from prunekit.structured import Budget, ChannelImportance, candidate_groups
-from prunekit.task_weighting import AdaptiveTaskWeights
-from prunekit.training import evaluate, no_progress, train
+from prunekit.training.task_weighting import AdaptiveTaskWeights
+from prunekit.training.loop import evaluate, train
+from prunekit.core.batch import no_progress
 from helpers import invoke
 
 TASKS = ("seg", "depth", "normal")

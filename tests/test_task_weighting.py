@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from prunekit.task_weighting import AdaptiveTaskWeights, fluctuation
+from prunekit.training.task_weighting import AdaptiveTaskWeights, fluctuation
 
 
 def feed(weighting, steps):

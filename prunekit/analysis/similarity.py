@@ -20,14 +20,14 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .. import contract
+from ..core import contract
 from ..api import check_sparsity, resolve
 from ..errors import PrunekitError
 from ..interfaces import Masks, Metric, Saliency, ScoringContext
 from .layer_weighting import WEIGHTINGS, layer_weights, weighted_mean
-from ..layout import ResolvedLayout
-from ..pruning import per_task_masks
-from ..training import check_loss, no_progress
+from ..core.layout import ResolvedLayout
+from ..core.pruning import per_task_masks
+from ..core.batch import check_loss, no_progress
 
 DEFAULT_METRICS = ("mcss", "iou", "css", "epi-sim")
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.9)

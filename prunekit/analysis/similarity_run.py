@@ -18,7 +18,7 @@ from ..plots import save_layer_iou, save_similarity_heatmap
 from .similarity import (DEFAULT_METRICS, DEFAULT_SPARSITIES, check_request,
                          compare_subnetworks, score_tasks, summarise)
 from ..tasks import build_tasks
-from ..training import no_progress
+from ..core.batch import no_progress
 
 
 @dataclass

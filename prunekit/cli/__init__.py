@@ -14,7 +14,7 @@ import traceback
 import click
 
 from ..errors import PrunekitError, one_line, user_message
-from ..resume import RunStopped
+from ..training.resume import RunStopped
 from . import analysis, kernels, plugins, runs  # noqa: F401 (each adds its commands to cli)
 from .base import DEBUG_SWITCH, STOPPED, USAGE_ERROR, cli
 from .runs import launch_processes, without_option  # noqa: F401 (public: torchrun launch)

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from ..training import no_progress
+from ..core.batch import no_progress
 from .base import cli
 from .options import DEFAULTS, comma_list, float_list, given_options, image_size
 

@@ -36,7 +36,7 @@ def plugins_command(ctx, kind, as_json):
               help="The plugin's kind, when NAME names plugins of several kinds.")
 def plugins_check_command(name, kind):
     """Run plugin NAME through its contract on a tiny model; exit 1 if it breaks it."""
-    from ..contract import describe
+    from ..core.contract import describe
     from ..testing import check_plugin, find_plugin
 
     plugin = find_plugin(name, kind)

@@ -8,12 +8,12 @@ import sys
 
 import click
 
-from .. import distributed
+from ..core import distributed
 from ..engine import Run, RunResult, resume_run, run
 from ..errors import PrunekitError
 from ..report import format_summary
-from ..resume import read_resume
-from ..training import no_progress
+from ..training.resume import read_resume
+from ..core.batch import no_progress
 from .base import cli
 from .options import (DATA_AND_TRAINING_OPTIONS, DEFAULTS, METHOD_OPTIONS, MODE_OPTIONS,
                       config_from, echo_err, given_options)

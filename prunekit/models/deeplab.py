@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layout import MultiTaskLayout
+from ..core.layout import MultiTaskLayout
 
 RESNET34_BLOCKS = (3, 4, 6, 3)
 RESNET50_BLOCKS = (3, 4, 6, 3)  # of Bottleneck blocks

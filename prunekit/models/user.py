@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import PrunekitError, one_line
 from ..imports import import_module_or_file
-from ..layout import MultiTaskLayout
+from ..core.layout import MultiTaskLayout
 
 LAYOUT_ATTRIBUTE = "prunekit_layout"  # where a layout returned beside the model is kept
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from prunekit import JOINT, GradientScorer, Scorer, ScoringContext, hookimpl
-from prunekit.saliency import preserved_state, task_losses
+from prunekit.core.saliency import preserved_state, task_losses
 
 
 class TaylorScorer(GradientScorer):

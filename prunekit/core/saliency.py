@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .interfaces import JOINT, Saliency, Scorer, ScoringContext
+from ..interfaces import JOINT, Saliency, Scorer, ScoringContext
 
 # criterion(weight, gradient) -> per-element score
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

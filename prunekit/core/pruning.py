@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from . import contract
-from .errors import PrunekitError
-from .interfaces import JOINT, Arbiter, Masks, Saliency, Thresholder
+from ..errors import PrunekitError
+from ..interfaces import JOINT, Arbiter, Masks, Saliency, Thresholder
 from .layout import ResolvedLayout
 from .masks import density
 

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence, Union
 
 from torch import nn
 
-from .errors import PrunekitError
+from ..errors import PrunekitError
 
 Selector = Union[type, str]
 DEFAULT_INCLUDE: tuple[Selector, ...] = (nn.Conv2d, nn.Linear)

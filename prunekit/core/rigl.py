@@ -20,13 +20,14 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from . import contract, distributed
-from .interfaces import JOINT, Arbiter, Saliency, Scorer, ScoringContext
+from . import contract
+from . import distributed
+from ..interfaces import JOINT, Arbiter, Saliency, Scorer, ScoringContext
 from .layout import ResolvedLayout
 from .masks import AppliedMasks
-from .ops import topk_mask
-from .tasks import Task
-from .training import check_loss
+from ..ops import topk_mask
+from ..tasks import Task
+from .batch import check_loss
 
 
 @dataclass(frozen=True)

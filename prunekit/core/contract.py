@@ -23,8 +23,8 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from .errors import PrunekitError, one_line
-from .interfaces import JOINT, Arbiter, Masks, Metric, Plugin, Saliency, Scorer, ScoringContext, \
+from ..errors import PrunekitError, one_line
+from ..interfaces import JOINT, Arbiter, Masks, Metric, Plugin, Saliency, Scorer, ScoringContext, \
     Thresholder
 
 # |achieved - requested| sparsity a pruning may miss by before the run stops (half a point)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .interfaces import Masks
+from ..interfaces import Masks
 from .layout import ResolvedLayout
 
 SHARED = "shared"

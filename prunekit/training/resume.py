@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from . import distributed
-from .errors import PrunekitError, one_line
-from .files import save_torch
-from .training import Checkpoints, Resumption
+from ..core import distributed
+from ..errors import PrunekitError, one_line
+from ..files import save_torch
+from .loop import Checkpoints, Resumption
 
 if TYPE_CHECKING:
-    from .engine import Run
+    from ..engine import Run
 
 RESUME_FILE = "resume.pt"
 FORMAT = 1

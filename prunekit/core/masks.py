@@ -6,8 +6,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .errors import PrunekitError
-from .interfaces import Masks
+from ..errors import PrunekitError
+from ..interfaces import Masks
 from .layout import ResolvedLayout
 
 

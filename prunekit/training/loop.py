@@ -1,44 +1,21 @@
 """Sparse training and evaluation of a multi-task model."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import distributed
-from .errors import NonFiniteDataError, NonFiniteLossError
-from .masks import AppliedMasks
+from ..core import distributed
+from ..core.batch import Progress, check_loss, no_progress, to_device
+from ..core.masks import AppliedMasks
 from .task_weighting import AdaptiveTaskWeights
-from .tasks import Task
+from ..tasks import Task
 
-Progress = Callable[[Iterable, str], Iterable]
 # after_step(step, batch, optimiser): called after every optimiser step (dynamic sparse training)
 AfterStep = Callable[[int, dict, torch.optim.Optimizer], None]
-
-
-def no_progress(items: Iterable, label: str) -> Iterable:
-    return items
-
-
-def check_loss(task: str, loss: torch.Tensor, where: str) -> None:
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise NonFiniteLossError(f"the {task!r} loss is {value} during {where}; lower --lr, "
-                                 "or check the data and model for NaN/inf")
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """The batch on ``device``. NaN or inf in an input image is an error (it would turn every
-    loss and saliency into NaN); targets may hold them (depth marks unknown pixels so)."""
-    image = batch.get("image")
-    if image is not None and image.is_floating_point() and not torch.isfinite(image).all():
-        raise NonFiniteDataError("an input image of the data holds NaN or inf values; check the "
-                                 "dataset's files (--data-root) or its preprocessing")
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
 class Epochs:
