@@ -1,26 +1,28 @@
-"""Which tasks to train together: the network-selection search of Standley et al. (ICML 2020).
+"""Which tasks to train together: the network-selection problem of Standley et al. (ICML 2020).
 
-A candidate network solves a group of tasks and scores each of them (higher is better; negate
-losses). Given candidates and a budget, choose networks whose costs (1.0 = one full network) sum
-to at most the budget, that together solve every task, and that maximise
+A candidate network is trained on a group of tasks and scores some of them (higher is better;
+negate losses). Given candidates and a budget, choose networks whose costs (1.0 = one full
+network, 0.5 = a half-size one) sum to at most the budget and that maximise
 
-    total = sum over tasks t of max(score of t in each chosen network that contains t).
+    total = sum over tasks t of max(score of t in each chosen network that scores t).
 
-A task solved by several chosen networks takes its best one (at inference each task reads the
-head of that network). ``best_grouping`` finds the optimum exactly by branch and bound: the
-candidates are ordered most promising first, and a depth-first search includes or excludes each
-in turn. A branch is cut when a network does not fit the remaining budget, when it would not raise
-any task's current best score (including it can only cost more), or when an optimistic bound
-cannot beat the best complete selection found so far. The first bound raises each task's current
-best to the best score any remaining candidate offers it. The second uses the budget: a network
-adds at most its own gain (the sum of its improvements over the current bests, the worst score of
-the task where none), and the gains of the networks that fit the remaining budget are bounded by
-a fractional knapsack. Ties go to the first selection found in that order, and networks that no
-task needs are dropped from the result.
+A task scored by several chosen networks takes its best one (at inference each task reads the
+head of that network). When the budget cannot cover every task, the answer covers as many tasks
+as it can and, among those answers, has the highest total; the tasks it leaves out are listed.
 
-Training every group of K tasks takes 2^K - 1 networks; the paper trains only singletons and
-pairs and approximates larger groups (``higher_order_networks``): in a group of 3+ tasks, task
-t scores the mean of its pairwise scores with each other member.
+``best_grouping`` solves this exactly by dynamic programming over sets of tasks. Each task of an
+optimal answer is served by one chosen network, so an answer is a partition of the covered tasks
+into parts, each served by one network that scores all of its part (two parts never need the
+same network: merging them costs less). For every set of tasks the search keeps the Pareto front
+of (cost, total) over the ways to cover exactly that set: the part holding its first task, served
+by the best network for each cost, plus a front already known for the rest. That is about 3^K
+steps for K tasks, times the fronts' lengths (short: costs are sums of a few values such as 0.5
+and 1), instead of the 2^(2^K) subsets of candidates.
+
+Training every group of K tasks takes 2^K - 1 networks; the paper trains singletons and pairs
+and estimates larger groups (``estimated_networks``, its higher-order approximation): in a group
+of 3+ tasks, task t scores the mean of its scores when trained with each other member, over the
+pairs that were measured (a task without any is not scored by that group).
 """
 from __future__ import annotations
 
@@ -29,24 +31,31 @@ import itertools
 import json
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PrunekitError, UnknownNameError
 
 Pair = tuple[str, str]
+# A measured network: the tasks it was trained on and the cost its table states (None: none).
+GroupKey = tuple[frozenset, float | None]
 EPS = 1e-9  # slack on budget comparisons, so 0.1 + 0.2 fits a budget of 0.3
 ALONE = ("", "alone")  # trained_with values that mean "trained alone", besides the task itself
+GROUP_JOIN = "+"  # joins the tasks of a group: "depth+normal"
+HALF_SIZE_COST = 0.5  # the first row of an authors' results table: half-size single-task networks
 
 
 @dataclass(frozen=True)
 class Network:
-    """One network for a group of tasks: its score per task and its cost in full networks."""
+    """One network: its score per task, its cost in full networks, and the tasks it was trained
+    on (``trained``, by default the scored ones; a superset when some member has no score)."""
 
     tasks: frozenset[str]
     scores: Mapping[str, float] = field(hash=False)
     cost: float = 1.0
+    trained: frozenset[str] | None = None
+    estimated: bool = False  # scores estimated from pairs, not measured
 
     def __post_init__(self):
         tasks, name = frozenset(self.tasks), sorted(self.tasks)
@@ -57,129 +66,215 @@ class Network:
                                 + (f", not for {bad[0]}: {self.scores.get(bad[0])}" if bad else ""))
         if not (math.isfinite(self.cost) and self.cost > 0):
             raise PrunekitError(f"network {name} must cost more than 0, got {self.cost}")
+        trained = tasks if self.trained is None else frozenset(self.trained)
+        if not tasks <= trained:
+            raise PrunekitError(f"network {name} scores tasks it was not trained on "
+                                f"({group_name(trained)})")
         object.__setattr__(self, "tasks", tasks)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "cost", float(self.cost))
+        object.__setattr__(self, "trained", trained)
+
+
+def group_name(group: Iterable[str]) -> str:
+    return GROUP_JOIN.join(sorted(group))
+
+
+def full_cost(group: frozenset) -> float:
+    return 1.0
+
+
+# -- candidate networks --------------------------------------------------------------------------
+
+def networks_from_table(table: Mapping[GroupKey, Mapping[str, float]],
+                        cost_of: Callable[[frozenset], float] = full_cost) -> list[Network]:
+    """One network per measured (group, cost); ``cost_of(group)`` where the table states none.
+    A network scores the members measured in it; ``unscored_members`` names the others."""
+    return [Network(frozenset(scores), scores, cost_of(group) if cost is None else cost,
+                    trained=group)
+            for (group, cost), scores in table.items() if scores]
+
+
+def unscored_members(networks: Iterable[Network]) -> list[tuple[Network, list[str]]]:
+    """The measured networks that have no score for some of the tasks they were trained on."""
+    return [(n, sorted(n.trained - n.tasks)) for n in networks
+            if n.trained != n.tasks and not n.estimated]
+
+
+def unmeasured_groups(tasks: Sequence[str], networks: Iterable[Network],
+                      size: int) -> list[frozenset]:
+    """The groups of ``size`` tasks that no network was trained on."""
+    trained = {n.trained for n in networks}
+    return [frozenset(g) for g in itertools.combinations(tasks, size) if frozenset(g) not in trained]
+
+
+def estimated_networks(tasks: Sequence[str], networks: Sequence[Network],
+                       cost_of: Callable[[frozenset], float] = full_cost) -> list[Network]:
+    """The higher-order approximation for every group of 3+ ``tasks`` that ``networks`` do not
+    measure: t scores the mean, over the other members b whose pair network scores t, of that
+    score. Where a pair was measured at several costs, the dearest (the full-size one) counts."""
+    with_partner = _pair_scores(networks)
+    measured = {n.trained for n in networks}
+    estimates = []
+    for size in range(3, len(tasks) + 1):
+        for group in map(frozenset, itertools.combinations(tasks, size)):
+            if group in measured:
+                continue
+            scores = {t: _mean([with_partner[t, b] for b in group - {t} if (t, b) in with_partner])
+                      for t in group}
+            scores = {t: s for t, s in scores.items() if s is not None}
+            if scores:
+                estimates.append(Network(frozenset(scores), scores, cost_of(group),
+                                         trained=group, estimated=True))
+    return estimates
+
+
+def _pair_scores(networks: Iterable[Network]) -> dict[Pair, float]:
+    """(t, b) -> t's score in the network trained on t and b, the dearest where several."""
+    dearest: dict[Pair, tuple[float, float]] = {}
+    for n in networks:
+        if len(n.trained) == 2 and not n.estimated:
+            for t, s in n.scores.items():
+                (b,) = n.trained - {t}
+                if (t, b) not in dearest or n.cost > dearest[t, b][0]:
+                    dearest[t, b] = (n.cost, s)
+    return {pair: score for pair, (_, score) in dearest.items()}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def higher_order_networks(tasks: Sequence[str], pairwise: Mapping[Pair, float],
-                          alone: Mapping[str, float]) -> list[Network]:
-    """Every non-empty group of ``tasks`` (2^K - 1 networks, smaller groups first).
-
-    A singleton scores ``alone[t]``. In a group of 2+ tasks, t scores the mean over the other
-    members b of ``pairwise[(t, b)]``, t's score when trained with b; only when (t, b) is missing
-    is ``pairwise[(b, t)]`` used instead (right for symmetric measures such as similarities).
-    """
+                          alone: Mapping[str, float],
+                          cost_of: Callable[[frozenset], float] = full_cost) -> list[Network]:
+    """Singletons (``alone[t]``), pairs (``pairwise[(t, b)]``: t's score when trained with b)
+    and the estimate of every larger group of ``tasks``, smaller groups first. A missing score
+    leaves its network out, or, for one direction of a pair, unscored for that task."""
     tasks = _check_tasks(tasks)
+    table: dict[GroupKey, dict[str, float]] = {}
+    for t in tasks:
+        if t in alone:
+            table[frozenset({t}), None] = {t: alone[t]}
+    for a, b in itertools.combinations(tasks, 2):
+        table[frozenset({a, b}), None] = {t: pairwise[t, o] for t, o in ((a, b), (b, a))
+                                          if (t, o) in pairwise}
+    measured = networks_from_table(table, cost_of)
+    return measured + estimated_networks(tasks, measured, cost_of)
 
-    def pair(t: str, b: str) -> float:
-        for key in ((t, b), (b, t)):
-            if key in pairwise:
-                return float(pairwise[key])
-        raise PrunekitError(f"no pairwise score for {t!r} trained with {b!r}")
 
-    networks = []
-    for size in range(1, len(tasks) + 1):
-        for group in itertools.combinations(tasks, size):
-            if size == 1:
-                if group[0] not in alone:
-                    raise PrunekitError(f"no score for {group[0]!r} trained alone")
-                scores = {group[0]: float(alone[group[0]])}
-            else:
-                scores = {t: sum(pair(t, b) for b in group if b != t) / (size - 1) for t in group}
-            networks.append(Network(frozenset(group), scores))
-    return networks
-
+# -- the search ----------------------------------------------------------------------------------
 
 @dataclass
 class Grouping:
-    """The chosen networks, each task's best score among them, their sum and their cost."""
+    """The chosen networks, each covered task's best score among them, their sum and cost, and
+    the tasks the budget could not cover."""
 
     networks: list[Network]
     task_scores: dict[str, float]
     total_score: float
     total_cost: float
-    explored: int
+    left_out: list[str]
+
+
+# One way to cover a set of tasks: (cost, total, how: (network, mask of the rest, index of the
+# rest's way) or None for the empty set). A front lists them by rising cost and rising total.
+Way = tuple
 
 
 def best_grouping(tasks: Sequence[str], networks: Sequence[Network], budget: float) -> Grouping:
-    """The best selection of ``networks`` within ``budget`` (exact branch and bound, see above)."""
+    """The best selection of ``networks`` within ``budget`` (exact; see the module docstring)."""
     tasks, index, budget = _check(tasks, networks, budget)
-    worst = {t: min((n.scores[t] for n in networks if t in n.tasks), default=0.0) for t in tasks}
-    # Most promising first: how far each score lies above its task's worst, per unit of cost.
-    order = sorted(networks, key=lambda n: -sum(s - worst[t] for t, s in n.scores.items()) / n.cost)
-    cands = [([(index[t], s) for t, s in n.scores.items()], n.cost) for n in order]
-    # reach[j][i]: the best score for task i among candidates j, j + 1, ... (-inf: none).
-    reach = [[-math.inf] * len(tasks) for _ in range(len(cands) + 1)]
-    for j in range(len(cands) - 1, -1, -1):
-        reach[j] = list(reach[j + 1])
-        for i, s in cands[j][0]:
-            reach[j][i] = max(reach[j][i], s)
-    floor = [worst[t] for t in tasks]
-    best: list = [-math.inf, None]  # total score, chosen candidate indices
-    explored = 0
+    fronts = _cover_fronts(len(tasks), _part_fronts(networks, index, budget), budget)
+    reached = [mask for mask in range(1, len(fronts)) if fronts[mask]]
+    if not reached:
+        _nothing_fits(networks, budget)
+    # Most tasks covered, then the highest total, then the lowest cost (the front's last way).
+    mask = max(reached, key=lambda m: (bin(m).count("1"), fronts[m][-1][1], -fronts[m][-1][0]))
+    chosen = []
+    way = fronts[mask][-1]
+    while way[2] is not None:
+        network, rest, position = way[2]
+        chosen.append(network)
+        way = fronts[rest][position]
+    return _result(tasks, chosen)
 
-    def budget_bound(start: int, current: list[float], room: float) -> float:
-        # Each task ends at max(base, the scores the added networks give it), so the total gains
-        # at most the sum of each added network's own gains: a knapsack, bounded by its fraction.
-        base = [c if c > -math.inf else f for c, f in zip(current, floor)]
-        gains = [(g / price, g, price) for members, price in cands[start:] if price <= room + EPS
-                 for g in [sum(max(0.0, s - base[i]) for i, s in members)] if g > 0]
-        bound = sum(base)
-        for _, g, price in sorted(gains, reverse=True):
-            if price >= room:
-                return bound + g * room / price
-            bound, room = bound + g, room - price
-        return bound
 
-    def visit(start: int, current: list[float], cost: float, chosen: list[int]) -> None:
-        nonlocal explored
-        explored += 1
-        total = sum(current)
-        if total > best[0]:  # finite only once every task is covered
-            best[:] = [total, list(chosen)]
-        # Cut only what is clearly no better, the sums being taken in another order.
-        if budget_bound(start, current, budget - cost) < best[0] - EPS * (1 + abs(best[0])):
-            return
-        for j in range(start, len(cands)):
-            # Bounds only shrink as j grows, so the first cut ends the loop.
-            bound = sum(max(c, r) for c, r in zip(current, reach[j]))
-            if bound <= best[0]:  # also when a task can no longer be covered (-inf)
+def _part_fronts(networks: Sequence[Network], index: Mapping[str, int],
+                 budget: float) -> dict[int, list[Way]]:
+    """For each set of tasks (a bit mask), the Pareto front of (cost, the set's total) over the
+    networks that score all of it: every subset of every network's scored tasks."""
+    options: dict[int, list[Way]] = {}
+    for n in networks:
+        if n.cost > budget + EPS:
+            continue
+        totals = {0: 0.0}
+        for t, s in n.scores.items():
+            bit = 1 << index[t]
+            totals.update([(m | bit, v + s) for m, v in totals.items()])
+        del totals[0]
+        for mask, total in totals.items():
+            options.setdefault(mask, []).append((n.cost, total, n))
+    return {mask: _pareto(ways) for mask, ways in options.items()}
+
+
+def _cover_fronts(task_count: int, parts: Mapping[int, list[Way]],
+                  budget: float) -> list[list[Way]]:
+    """fronts[mask]: the Pareto front of the ways to cover exactly the tasks in ``mask`` within
+    ``budget``, each task by one part. The part holding the lowest task of the mask is taken
+    first, so every partition is met once."""
+    fronts: list[list[Way]] = [[(0.0, 0.0, None)]]
+    for mask in range(1, 1 << task_count):
+        lowest = mask & -mask
+        others = mask ^ lowest
+        ways = []
+        sub = others
+        while True:  # every subset of the other tasks, joined to the lowest one
+            part = sub | lowest
+            rest = mask ^ part
+            for cost, total, network in parts.get(part, ()):
+                for position, (rest_cost, rest_total, _) in enumerate(fronts[rest]):
+                    if cost + rest_cost > budget + EPS:
+                        break  # the rest's front rises in cost
+                    ways.append((cost + rest_cost, total + rest_total, (network, rest, position)))
+            if not sub:
                 break
-            members, price = cands[j]
-            if cost + price > budget + EPS or all(s <= current[i] for i, s in members):
-                continue
-            raised = list(current)
-            for i, s in members:
-                raised[i] = max(raised[i], s)
-            chosen.append(j)
-            visit(j + 1, raised, cost + price, chosen)
-            chosen.pop()
+            sub = (sub - 1) & others
+        fronts.append(_pareto(ways))
+    return fronts
 
-    visit(0, [-math.inf] * len(tasks), 0.0, [])
-    return _result(tasks, budget, best[1] and [order[j] for j in best[1]], explored)
+
+def _pareto(ways: list[Way]) -> list[Way]:
+    """The ways no other beats: by rising cost, each with a higher total than all cheaper ones
+    (of equal totals the cheapest, of equal costs the first highest)."""
+    front = []
+    for way in sorted(ways, key=lambda w: (w[0], -w[1])):
+        if not front or way[1] > front[-1][1]:
+            front.append(way)
+    return front
 
 
 def brute_force_grouping(tasks: Sequence[str], networks: Sequence[Network],
                          budget: float) -> Grouping:
-    """The best selection by trying every subset of ``networks`` within ``budget``: tiny inputs."""
+    """The best selection by trying every subset of ``networks`` within ``budget``: tiny inputs.
+    The test oracle of ``best_grouping``: most tasks covered first, then the highest total."""
     tasks, _, budget = _check(tasks, networks, budget)
-    best: list = [-math.inf, None]
-    explored = 0
+    best: list = [(0, -math.inf), None]
 
     def visit(start: int, chosen: list[Network], cost: float) -> None:
-        nonlocal explored
-        explored += 1
-        total = sum(max((n.scores[t] for n in chosen if t in n.tasks), default=-math.inf)
-                    for t in tasks)
-        if total > best[0]:
-            best[:] = [total, list(chosen)]
+        best_scores = [max((n.scores[t] for n in chosen if t in n.tasks), default=None)
+                       for t in tasks]
+        covered = [s for s in best_scores if s is not None]
+        if chosen and (len(covered), sum(covered)) > best[0]:
+            best[:] = [(len(covered), sum(covered)), list(chosen)]
         for j in range(start, len(networks)):
             if cost + networks[j].cost <= budget + EPS:
                 visit(j + 1, chosen + [networks[j]], cost + networks[j].cost)
 
     visit(0, [], 0.0)
-    return _result(tasks, budget, best[1], explored)
+    if best[1] is None:
+        _nothing_fits(networks, budget)
+    return _result(tasks, best[1])
 
 
 def _check_tasks(tasks: Sequence[str]) -> list[str]:
@@ -195,78 +290,174 @@ def _check(tasks, networks, budget) -> tuple[list[str], dict[str, int], float]:
             and math.isfinite(budget) and budget > 0):
         raise PrunekitError(f"the budget must be a number of networks above 0, got {budget!r}")
     for n in networks:
-        if not n.tasks <= set(tasks):
-            raise PrunekitError(f"network {sorted(n.tasks)} has tasks outside {tasks}: "
-                                f"{', '.join(sorted(n.tasks - set(tasks)))}")
+        if not n.trained <= set(tasks):
+            raise PrunekitError(f"network {sorted(n.trained)} has tasks outside {tasks}: "
+                                f"{', '.join(sorted(n.trained - set(tasks)))}")
     return tasks, {t: i for i, t in enumerate(tasks)}, float(budget)
 
 
-def _result(tasks, budget, chosen: list[Network] | None, explored: int) -> Grouping:
-    if not chosen:
-        raise PrunekitError(f"a budget of {budget:g} networks cannot cover the {len(tasks)} tasks "
-                            f"({', '.join(tasks)}) with the candidate networks given")
+def _nothing_fits(networks: Sequence[Network], budget: float):
+    cheapest = min((n.cost for n in networks), default=None)
+    raise PrunekitError(f"a budget of {budget:g} networks fits none of the candidate networks"
+                        + (f" (the cheapest costs {cheapest:g})" if cheapest else " (none given)"))
+
+
+def _result(tasks: list[str], chosen: list[Network]) -> Grouping:
     for i in range(len(chosen) - 1, -1, -1):  # drop networks that no task needs: same score
         rest = chosen[:i] + chosen[i + 1:]
         if all(any(m.scores.get(t, -math.inf) >= s for m in rest)
                for t, s in chosen[i].scores.items()):
             chosen = rest
-    chosen = sorted(chosen, key=lambda n: (-len(n.tasks), sorted(n.tasks)))
-    scores = {t: max(n.scores[t] for n in chosen if t in n.tasks) for t in tasks}
-    return Grouping(chosen, scores, sum(scores.values()), sum(n.cost for n in chosen), explored)
+    chosen = sorted(chosen, key=lambda n: (-len(n.trained), sorted(n.trained), n.cost))
+    scores = {t: max(n.scores[t] for n in chosen if t in n.tasks)
+              for t in tasks if any(t in n.tasks for n in chosen)}
+    return Grouping(chosen, scores, sum(scores.values()), sum(n.cost for n in chosen),
+                    [t for t in tasks if t not in scores])
 
 
-def load_pair_table(path: str | Path) -> tuple[dict[Pair, float], dict[str, float]]:
-    """(pairwise, alone) scores from a JSON list of {"task", "trained_with", "score"} objects or a
-    CSV file with those columns (other keys and columns are ignored). A row whose trained_with is
-    the task itself, empty or "alone" (or, in JSON, null or absent) gives ``alone[task]``; the
-    others ``pairwise[(task, trained_with)]``.
-    Rows are numbered from 1 in JSON and by line (the header is line 1) in CSV.
+def serving_network(grouping: Grouping, task: str) -> Network:
+    """The chosen network whose head a task reads: its best score, the first such network."""
+    return next(n for n in grouping.networks if n.scores.get(task) == grouping.task_scores[task])
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+def load_pair_table(path: str | Path) -> dict[GroupKey, dict[str, float]]:
+    """Measured networks from a JSON list of {"task", "trained_with", "score"[, "cost"]} objects
+    or a CSV file with those columns (other keys and columns are ignored).
+
+    A row gives ``task``'s score in the network trained on ``task`` and ``trained_with``: one
+    task, several joined by "+" ("depth+normal"; in JSON also a list), or the task itself, empty
+    or "alone" (in JSON also null or absent) for the task trained alone. ``cost`` (optional,
+    above 0) is that network's cost, for example 0.5 for a half-size network; without it the
+    caller decides. Returns {(trained tasks, cost or None): {task: score}}. Rows are numbered
+    from 1 in JSON and by line (the header is line 1) in CSV.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise PrunekitError(f"cannot read pair table {path}: {exc.strerror or exc}") from None
+    text = _read(path, "pair table")
     suffix = path.suffix.lower()
     if suffix == ".json" or (suffix != ".csv" and text.lstrip()[:1] == "["):
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PrunekitError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise PrunekitError(f"{path}: expected a JSON list of objects with task, trained_with "
-                                "and score")
-        rows = list(enumerate(entries, start=1))
+        rows = _json_rows(path, text)
     else:
-        reader = csv.DictReader(text.splitlines())
-        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
-        missing = [c for c in ("task", "trained_with", "score") if c not in reader.fieldnames]
-        if missing:
-            raise PrunekitError(f"{path}: missing column(s) {', '.join(missing)}; expected "
-                                f"task,trained_with,score, got {','.join(reader.fieldnames)}")
-        rows = [(reader.line_num, row) for row in reader]
+        rows = _csv_rows(path, text)
     if not rows:
         raise PrunekitError(f"{path}: the pair table has no rows")
-    pairwise: dict[Pair, float] = {}
-    alone: dict[str, float] = {}
+    table: dict[GroupKey, dict[str, float]] = {}
     for number, row in rows:
         where = f"{path} row {number}"
         if row.get("task") is None or row.get("score") is None:
             raise PrunekitError(f"{where}: needs a task and a score")
-        task, other = str(row["task"]).strip(), str(row.get("trained_with") or "").strip()
-        try:
-            score = float(row["score"]) if not isinstance(row["score"], bool) else math.nan
-        except (TypeError, ValueError):
-            score = math.nan
-        if not task or not math.isfinite(score):
-            raise PrunekitError(f"{where}: " + (f"score {row['score']!r} is not a finite number"
-                                               if task else "empty task name"))
-        table, key = (alone, task) if other in (task, *ALONE) else (pairwise, (task, other))
+        task = str(row["task"]).strip()
+        if not task:
+            raise PrunekitError(f"{where}: empty task name")
+        partners = _partners(where, task, row.get("trained_with"))
+        score = _number(where, "score", row["score"])
+        cost = _cost(where, row.get("cost"))
+        scores = table.setdefault((frozenset({task, *partners}), cost), {})
+        if task in scores:
+            partner = (f"{GROUP_JOIN.join(partners)!r}" if partners else "nothing else (alone)")
+            raise PrunekitError(f"{where}: a second row for {task!r} trained with {partner}"
+                                + (f" at cost {cost:g}" if cost is not None else ""))
+        scores[task] = score
+    return table
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise PrunekitError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _json_rows(path: Path, text: str) -> list[tuple[int, Mapping]]:
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PrunekitError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise PrunekitError(f"{path}: expected a JSON list of objects with task, trained_with "
+                            "and score")
+    return list(enumerate(entries, start=1))
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, Mapping]]:
+    reader = csv.DictReader(text.splitlines())
+    reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+    missing = [c for c in ("task", "trained_with", "score") if c not in reader.fieldnames]
+    if missing:
+        raise PrunekitError(f"{path}: missing column(s) {', '.join(missing)}; expected "
+                            f"task,trained_with,score[,cost], got {','.join(reader.fieldnames)}")
+    return [(reader.line_num, row) for row in reader]
+
+
+def _partners(where: str, task: str, trained_with) -> list[str]:
+    """The other tasks of the row's network, sorted; none when trained alone."""
+    if isinstance(trained_with, list):
+        names = [str(name).strip() for name in trained_with]
+    else:
+        text = str(trained_with or "").strip()
+        names = [] if text in (task, *ALONE) else [n.strip() for n in text.split(GROUP_JOIN)]
+    if not all(names):
+        raise PrunekitError(f"{where}: an empty task name in trained_with {trained_with!r}")
+    return sorted(set(names) - {task})
+
+
+def _number(where: str, what: str, value) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise PrunekitError(f"{where}: {what} {value!r} is not a finite number")
+    return number
+
+
+def _cost(where: str, value) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    cost = _number(where, "cost", value)
+    if cost <= 0:
+        raise PrunekitError(f"{where}: cost {value!r} must be above 0")
+    return cost
+
+
+def load_authors_table(path: str | Path, task_names: Sequence[str] | None = None
+                       ) -> tuple[list[str], dict[GroupKey, dict[str, float]]]:
+    """Measured networks from a results table in the format of Standley et al.'s network
+    selection code (network_selection/results*.txt): tab-separated, one column per task, no
+    header, one network per row scoring the tasks whose cells are filled. The first row holds
+    each task's half-size network (cost 0.5); the other rows state no cost. ``task_names``
+    name the columns (task1, task2, ... without). Returns (tasks, table as load_pair_table's).
+    """
+    path = Path(path)
+    lines = [(number, line) for number, line in enumerate(_read(path, "results table")
+                                                            .splitlines(), start=1)
+             if line.strip()]
+    if not lines:
+        raise PrunekitError(f"{path}: the results table has no rows")
+    width = len(lines[0][1].rstrip("\t").split("\t"))
+    tasks = list(task_names) if task_names else [f"task{i}" for i in range(1, width + 1)]
+    if len(tasks) != width or len(set(tasks)) != width:
+        raise PrunekitError(f"{path}: {width} columns need {width} different task names, got "
+                            f"{', '.join(tasks)}")
+    table: dict[GroupKey, dict[str, float]] = {}
+    for number, line in lines:
+        where = f"{path} row {number}"
+        cells = line.rstrip("\t").split("\t")
+        if len(cells) > width:
+            raise PrunekitError(f"{where}: {len(cells)} cells, the first row has {width}")
+        scores = {tasks[i]: _number(where, f"cell {i + 1}", cell)
+                  for i, cell in enumerate(cells) if cell.strip()}
+        if number == lines[0][0]:  # one half-size network per task
+            for task, score in scores.items():
+                table[frozenset({task}), HALF_SIZE_COST] = {task: score}
+            continue
+        key = (frozenset(scores), None)
         if key in table:
-            partner = repr(other) if table is pairwise else "nothing else (alone)"
-            raise PrunekitError(f"{where}: a second row for {task!r} trained with {partner}")
-        table[key] = score
-    return pairwise, alone
+            raise PrunekitError(f"{where}: a second row for the network of "
+                                f"{group_name(scores)}")
+        table[key] = scores
+    return tasks, table
 
 
 def pairwise_from_similarity(data: Mapping, metric: str, weighting: str) -> dict[Pair, float]:

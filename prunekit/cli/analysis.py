@@ -7,7 +7,7 @@ import click
 
 from ..core.batch import no_progress
 from .base import cli
-from .options import DEFAULTS, comma_list, float_list, given_options, image_size
+from .options import DEFAULTS, comma_list, echo_err, float_list, given_options, image_size
 
 
 @cli.command("similarity")
@@ -43,7 +43,7 @@ from .options import DEFAULTS, comma_list, float_list, given_options, image_size
 @click.pass_context
 def similarity_command(ctx, quick, progress, **options):
     """Which tasks belong together? Compare the tasks' subnetworks at initialisation."""
-    from ..engine import tqdm_progress
+    from ..core.batch import tqdm_progress
     from ..analysis.similarity_run import QUICK_SIMILARITY, SimilarityConfig, describe_watershed, \
         run_similarity
 
@@ -67,18 +67,41 @@ def similarity_command(ctx, quick, progress, **options):
               help="With --similarity: the score of a task trained alone (its similarity "
                    "with itself).")
 @click.option("--pairs", "pairs_file", default=None,
-              help="Measured pair performance, JSON or CSV rows of task, trained_with, score "
-                   "(trained_with = the task itself for training alone).")
+              help="Measured performance, JSON or CSV rows of task, trained_with, score and "
+                   "optionally cost (trained_with: the task itself for training alone, other "
+                   "tasks joined by + for a group).")
+@click.option("--table", "table_file", default=None,
+              help="A results table in the format of Standley et al.'s network selection "
+                   "(tab-separated, a column per task, a network per row, the first row the "
+                   "half-size networks).")
+@click.option("--table-tasks", callback=comma_list, default=None,
+              help="With --table: comma-separated names of its columns [default: task1, ...].")
+@click.option("--test", "test_file", default=None,
+              help="With --pairs or --table: a test table in the same format; choose on the "
+                   "input (validation) scores, report these.")
 @click.option("--lower-is-better", is_flag=True,
-              help="With --pairs: scores are losses or errors (negated for the search).")
+              help="With --pairs or --table: scores are losses or errors (negated for the "
+                   "search).")
+@click.option("--cost", "costs", multiple=True, metavar="GROUP=COST",
+              help="The cost of GROUP's network (tasks joined by +, e.g. seg=0.5 for a "
+                   "half-size one) where the input states none; repeatable.")
+@click.option("--alone-cost", type=float, default=None,
+              help="The cost of every single-task network where neither the input nor --cost "
+                   "states one [default: 1].")
+@click.option("--missing-direction", type=click.Choice(["error", "skip"]), default="error",
+              show_default=True,
+              help="A measured network without a score for one of its tasks (one direction of "
+                   "a pair): an error, or skip: it serves only the tasks it scores.")
+@click.option("--estimate-groups", is_flag=True,
+              help="Estimate every group of 3+ tasks from its pairs, even where measured (the "
+                   "paper's higher-order approximation setting).")
 @click.option("--budget", type=float, required=True,
               help="Networks to train, in units of one full network.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def group_command(similarity_file, metric, weighting, alone, pairs_file, lower_is_better,
-                  budget, as_json):
-    """Choose which tasks to train together within a budget (exact branch and bound)."""
-    from ..analysis.grouping_run import choose_groups, format_grouping
+def group_command(as_json, **options):
+    """Choose which tasks to train together within a budget (exact search)."""
+    from ..analysis.grouping_run import GroupOptions, choose_groups, format_grouping
 
-    result = choose_groups(similarity_file, metric, weighting, alone, pairs_file,
-                           lower_is_better, budget)
+    result = choose_groups(GroupOptions(**options),
+                           warn=lambda message: echo_err(f"warning: {message}"))
     click.echo(json.dumps(result, indent=2) if as_json else format_grouping(result))
