@@ -14,7 +14,8 @@ Their ratio minus one is the update's overhead as a share of training time.
 import pytest
 import torch
 
-from prunekit.engine import Run, RunConfig
+from prunekit.pipeline.engine import Run
+from prunekit.pipeline.config import RunConfig
 from prunekit.core.masks import AppliedMasks
 from prunekit.registry import default_registry
 from prunekit.core.rigl import RigLSchedule, RigLUpdater

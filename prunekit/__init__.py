@@ -11,7 +11,9 @@ from .core.layout import MultiTaskLayout, ResolvedLayout
 from .core.masks import AppliedMasks, sparsity_summary
 from .core.saliency import GradientScorer
 from .api import compute_masks
-from .engine import RunConfig, load_checkpoint, run
+from .pipeline.outputs import load_checkpoint
+from .pipeline.engine import run
+from .pipeline.config import RunConfig
 
 __all__ = [
     "__version__", "PrunekitError", "hookimpl", "JOINT", "Arbiter", "Masks", "Metric", "Plugin",

@@ -22,7 +22,7 @@ from . import ops
 from .ops.conv_timing import time_dense_and_sparse
 from .timing import interleaved_median_ms
 from .data import NATIVE_SIZES
-from .engine import check_out_dir, load_checkpoint
+from .pipeline.outputs import check_out_dir, load_checkpoint
 from .errors import PrunekitError, one_line
 from .files import atomic_write, write_json
 from .ops.sparse_conv import SparseConv2d

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from prunekit.core import distributed
-from prunekit.engine import QUICK, Run, RunConfig
+from prunekit.pipeline.engine import Run
+from prunekit.pipeline.config import QUICK, RunConfig
 from prunekit.training.resume import PhaseCheckpoints, read_resume
 from prunekit.core.batch import no_progress
 

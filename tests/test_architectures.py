@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit import engine
-from prunekit.engine import QUICK, RunConfig
+from prunekit import pipeline
+from prunekit.pipeline.config import QUICK, RunConfig
 from prunekit.models import MODELS, build_model
 from prunekit.models.surgery import (channel_groups, kept_channels, remove_filters, shrink_to,
                                      zero_filters)
@@ -32,7 +32,7 @@ def test_output_stride_eight_and_the_width_multiplier(name):
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_a_quick_pruning_pass_on_each_architecture(tmp_path, name):
-    result = engine.run(RunConfig(out=str(tmp_path / "run"), model=name, **QUICK))
+    result = pipeline.run(RunConfig(out=str(tmp_path / "run"), model=name, **QUICK))
     report = result.report
     assert report["complete"] and abs(report["sparsity"]["achieved"] - 0.9) < 0.05
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
@@ -89,7 +89,7 @@ def test_filter_removal_gives_the_masked_models_outputs(name):
 
 def test_structured_pruning_warns_when_the_trunk_has_no_removal_rules(tmp_path):
     warnings = []
-    engine.run(RunConfig(out=str(tmp_path / "run"), model="vgg16", mode="iterative",
+    pipeline.run(RunConfig(out=str(tmp_path / "run"), model="vgg16", mode="iterative",
                          scorer="taylor", params_ratio=0.9, **QUICK),
                warn=warnings.append)
     assert any("no channel-removal rules for its shared trunk" in w for w in warnings)

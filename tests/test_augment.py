@@ -9,7 +9,8 @@ from prunekit import PrunekitError
 from prunekit.data import augment as augment_module
 from prunekit.data.augment import Augmented, SeededSampler, augment, crop_or_pad
 from prunekit.data.synthetic import IGNORE_INDEX
-from prunekit.engine import QUICK, Run, RunConfig
+from prunekit.pipeline.engine import Run
+from prunekit.pipeline.config import QUICK, RunConfig
 from prunekit.core.batch import no_progress
 from test_cli import quick_run
 

@@ -282,8 +282,8 @@ def test_compare_checks_every_method_before_running_any(capsys, tmp_path, method
 
 
 def test_compare_gives_mode_options_only_to_their_modes(tmp_path):
-    from prunekit.compare import parse_methods, run_configs
-    from prunekit.engine import RunConfig
+    from prunekit.pipeline.compare import parse_methods, run_configs
+    from prunekit.pipeline.config import RunConfig
 
     base = RunConfig(rewind=True, init_checkpoint="trained.pt")
     methods = parse_methods("snip,magnitude@iterative,disparse-gradflow:or@pretrained")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunekit import engine, load_checkpoint
+from prunekit import load_checkpoint, pipeline
 from prunekit.training import loop as training
 from prunekit.data.synthetic import SyntheticIndoorScenes
-from prunekit.engine import QUICK, RunConfig
+from prunekit.pipeline.config import QUICK, RunConfig
 from prunekit.errors import NonFiniteLossError, PrunekitError
 from prunekit.export import masked_convs
 from prunekit.files import atomic_write, write_json
@@ -198,7 +198,7 @@ def stopped_run(tmp_path, monkeypatch):
             raise Killed()
     monkeypatch.setattr(PhaseCheckpoints, "write", write)
     with pytest.raises(Killed):
-        engine.run(RunConfig(out=str(tmp_path / "run"), **{**QUICK, "iterations": 6,
+        pipeline.run(RunConfig(out=str(tmp_path / "run"), **{**QUICK, "iterations": 6,
                                                            "checkpoint_every": 1}))
     monkeypatch.undo()
     return tmp_path / "run"
@@ -255,7 +255,7 @@ def test_resume_refuses_other_settings_and_finished_runs(capsys, stopped_run):
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("pruned") / "run"
-    engine.run(RunConfig(out=str(out_dir), **QUICK))
+    pipeline.run(RunConfig(out=str(out_dir), **QUICK))
     return out_dir
 
 

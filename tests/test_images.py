@@ -7,7 +7,7 @@ from PIL import Image
 from prunekit import PrunekitError
 from prunekit.data.images import (normals_from_rgb, read_image_file, read_label_file,
                                   read_npy_file)
-from prunekit.engine import evenly_spaced
+from prunekit.pipeline.data import evenly_spaced
 from prunekit.errors import user_message
 
 

@@ -1,4 +1,4 @@
-"""The four ``--mode``s through ``prunekit.engine.run`` with QUICK settings, and their helpers.
+"""The four ``--mode``s through ``prunekit.pipeline.run`` with QUICK settings, and their helpers.
 
 Six real runs in all (about 2 s each on an idle machine): dense (for a checkpoint), pretrained,
 pretrained from the checkpoint, iterative, dynamic and static with gradflow. Everything else is
@@ -10,9 +10,14 @@ import pytest
 import torch
 
 from prunekit import JOINT, PrunekitError, compute_masks
-from prunekit.engine import QUICK, Run, RunConfig, read_checkpoint, run
+from prunekit.pipeline.outputs import read_checkpoint
+from prunekit.pipeline.engine import Run, run
+from prunekit.pipeline.config import QUICK, RunConfig
 from prunekit.core.masks import density
-from prunekit.modes import MODES, iterative, round_sparsities
+from prunekit.core.pruning import round_sparsities
+from prunekit.pipeline import modes
+from prunekit.pipeline.modes import MODES
+from prunekit.pipeline.modes.iterative import Iterative
 from prunekit.ops import topk_mask_reference
 from prunekit.core.pruning import prune
 from prunekit.registry import default_registry
@@ -68,10 +73,10 @@ def test_round_sparsities_keep_the_same_share_each_round():
 @pytest.mark.parametrize("mode", sorted(DEFAULTS))
 def test_each_mode_has_its_default_scorer_and_thresholder(mode):
     scorer, thresholder = DEFAULTS[mode]
-    assert (MODES[mode].scorer, MODES[mode].thresholder) == (scorer, thresholder)
+    assert (MODES[mode].default_scorer, MODES[mode].default_thresholder) == (scorer, thresholder)
     config = Run(RunConfig(mode=mode), no_progress).report["config"]
     assert (config["scorer"], config["thresholder"]) == (scorer, thresholder)
-    chosen = RunConfig(mode=mode, scorer="random", thresholder="erk").resolved()
+    chosen = modes.resolved(RunConfig(mode=mode, scorer="random", thresholder="erk"))
     assert (chosen.scorer, chosen.thresholder) == ("random", "erk")  # given ones win
 
 
@@ -174,15 +179,16 @@ def test_prune_within_holds_where_a_layer_has_fewer_alive_weights_than_its_share
 
 
 class FakeIterativeRun:
-    """What ``modes.iterative`` uses of a Run, on the tiny model, recording each phase.
+    """The context and steps ``Iterative.execute`` uses, on the tiny model, recording each
+    phase.
 
     "Pretraining" and "fine-tuning" add constants to every parameter and buffer, so rewound
     weights are told apart from trained ones. Pruning draws new random scores each round.
     """
 
     def __init__(self, model, tasks, **settings):
-        self.config = RunConfig(mode="iterative", sparsity=0.8, prune_rounds=3, lr=1e-2,
-                                **settings).resolved()
+        self.config = modes.resolved(RunConfig(mode="iterative", sparsity=0.8, prune_rounds=3,
+                                               lr=1e-2, **settings))
         self.model, self.tasks = model, tasks
         self.scorer = default_registry().get("scorer", self.config.scorer)
         self.layout = model.layout().resolve(model)
@@ -219,7 +225,7 @@ class FakeIterativeRun:
 def test_iterative_masks_shrink_and_rewinding_restores_the_initial_weights(tiny_model, tasks,
                                                                            rewind):
     fake = FakeIterativeRun(tiny_model, tasks, rewind=rewind)
-    final = iterative(fake)
+    final = Iterative(fake.config, fake.scorer, None, None).execute(fake, fake)
     config = fake.config
     phase = "retraining" if rewind else "finetuning"
     assert [p.phase for p in fake.phases] == [phase] * config.prune_rounds

@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from prunekit import engine
-from prunekit.engine import QUICK, RunConfig
+from prunekit import pipeline
+from prunekit.pipeline.config import QUICK, RunConfig
 from prunekit.training.resume import RESUME_FILE, PhaseCheckpoints
 
 
@@ -71,16 +71,16 @@ CASES = [("static", 2), ("pretrained", 1), ("pretrained", 3), ("iterative", 4),
 @pytest.mark.parametrize("name, kill_at", CASES, ids=[f"{n}, kill {k}" for n, k in CASES])
 def test_a_killed_and_resumed_run_ends_as_one_never_killed(tmp_path, monkeypatch, name, kill_at):
     settings = {**QUICK, "checkpoint_every": 2, "score_batches": 2, **SETTINGS[name]}
-    engine.run(RunConfig(out=str(tmp_path / "whole"), **settings))
+    pipeline.run(RunConfig(out=str(tmp_path / "whole"), **settings))
     written = kill_after_checkpoint(monkeypatch, kill_at)
     with pytest.raises(Killed):
-        engine.run(RunConfig(out=str(tmp_path / "killed"), **settings))
+        pipeline.run(RunConfig(out=str(tmp_path / "killed"), **settings))
     assert len(written) == kill_at
     killed = tmp_path / "killed"
     assert (killed / RESUME_FILE).is_file() and not (killed / "checkpoint.pt").exists()
     assert json.loads((killed / "report.json").read_text())["complete"] is False
     monkeypatch.undo()
-    engine.resume_run(killed)
+    pipeline.resume_run(killed)
     assert not (killed / RESUME_FILE).exists()  # a finished run needs none
     assert_same_run(final_state(killed), final_state(tmp_path / "whole"))
 

@@ -73,7 +73,8 @@ def test_pairwise_filter_cosine_on_hand_made_gradients():
 @pytest.mark.parametrize("name", ["taylor", "cosprune"])
 def test_filter_scorers_are_refused_by_prunekit_run(name):
     from prunekit import PrunekitError
-    from prunekit.engine import Run, RunConfig
+    from prunekit.pipeline.engine import Run
+    from prunekit.pipeline.config import RunConfig
     from prunekit.core.batch import no_progress
 
     with pytest.raises(PrunekitError, match="scores whole filters"):

@@ -12,13 +12,16 @@ import pytest
 import torch
 
 from prunekit import PrunekitError, load_checkpoint
-from prunekit.engine import QUICK, Run, RunConfig, hold_out, read_checkpoint, run
+from prunekit.pipeline.outputs import read_checkpoint
+from prunekit.pipeline.data import hold_out
+from prunekit.pipeline.engine import Run, run
+from prunekit.pipeline.config import QUICK, RunConfig
 from prunekit.models import build_model
 from prunekit.models.surgery import (channel_groups, count_parameters, kept_channels,
                                      remove_filters, shrink_to)
-from prunekit.report import delta_t
-from prunekit.retrain import check_select_metric, reinitialise, selection_score
-from prunekit.structured import Budget, ChannelImportance, candidate_groups
+from prunekit.pipeline.report import delta_t
+from prunekit.pipeline.modes.retrain import check_select_metric, reinitialise, selection_score
+from prunekit.core.channel_pruning import Budget, ChannelImportance, candidate_groups
 from prunekit.training.task_weighting import AdaptiveTaskWeights
 from prunekit.training.loop import evaluate, train
 from prunekit.core.batch import no_progress
@@ -664,18 +667,18 @@ def test_adaptive_weighting_uses_the_training_losses_and_warns_on_a_long_window(
 def test_a_per_task_filter_scorer_is_refused():
     from types import SimpleNamespace
 
-    from prunekit.engine import check_filter_mode
+    from prunekit.pipeline.modes.structured import Structured
 
     config = RunConfig(mode="iterative", scorer="my-filters")
     with pytest.raises(PrunekitError, match="per task"):
-        check_filter_mode(config, SimpleNamespace(per_task=True))
-    check_filter_mode(config, SimpleNamespace(per_task=False))  # a joint one is fine
+        Structured(config, SimpleNamespace(per_task=True), None, None).check_options()
+    Structured(config, SimpleNamespace(per_task=False), None, None).check_options()  # joint
 
 
 def test_review_regressions(tmp_path):
     """A learning thresholder with a filter scorer, every rate of a sweep checked, and
     checkpoints of runs started from a structured checkpoint loading again."""
-    from prunekit.compare import parse_methods, run_configs
+    from prunekit.pipeline.compare import parse_methods, run_configs
 
     with pytest.raises(PrunekitError, match="lr 2 of the sweep must be positive, got -1.0"):
         RunConfig(**QUICK, mode="iterative", scorer="taylor", retrain_from_scratch=True,

@@ -11,7 +11,7 @@ from prunekit import PrunekitError
 from prunekit.data import NATIVE_SIZES, Taskonomy, build_dataset
 from prunekit.data.synthetic import IGNORE_INDEX
 from prunekit.data.taskonomy import disparse_path
-from prunekit.report import delta_t
+from prunekit.pipeline.report import delta_t
 from prunekit.tasks import DenseL1Task, build_tasks
 
 SIZE = (16, 16)

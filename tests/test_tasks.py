@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from prunekit.errors import UnknownNameError
-from prunekit.report import delta_t
+from prunekit.pipeline.report import delta_t
 from prunekit.tasks import DepthTask, NormalTask, SegmentationTask, build_tasks
 
 

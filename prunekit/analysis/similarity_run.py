@@ -10,7 +10,9 @@ import torch
 
 from ..api import check_scope, resolve
 from ..data import build_dataset
-from ..engine import DEFAULT_TASKS, Batches, check_out_dir, fresh_run_dir, resolve_device
+from ..pipeline.outputs import check_out_dir, fresh_run_dir
+from ..pipeline.data import Batches, resolve_device
+from ..pipeline.config import DEFAULT_TASKS
 from ..errors import PrunekitError
 from ..files import atomic_write, write_json
 from ..models import build_model, model_layout

@@ -6,8 +6,8 @@ import dataclasses
 import click
 from click.core import ParameterSource
 
-from ..config_file import read_config_file
-from ..engine import QUICK, RunConfig
+from ..pipeline.config_file import read_config_file
+from ..pipeline.config import QUICK, RunConfig
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 

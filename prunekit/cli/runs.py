@@ -9,11 +9,12 @@ import sys
 import click
 
 from ..core import distributed
-from ..engine import Run, RunResult, resume_run, run
-from ..errors import PrunekitError
-from ..report import format_summary
-from ..training.resume import read_resume
 from ..core.batch import no_progress
+from ..errors import PrunekitError
+from ..pipeline import modes
+from ..pipeline.engine import Run, RunResult, resume_run, run
+from ..pipeline.report import format_summary
+from ..training.resume import read_resume
 from .base import cli
 from .options import (DATA_AND_TRAINING_OPTIONS, DEFAULTS, METHOD_OPTIONS, MODE_OPTIONS,
                       config_from, echo_err, given_options)
@@ -58,14 +59,9 @@ def run_command(ctx, quick, progress, config_file, resume_dir, nproc, **options)
             raise PrunekitError("--nproc launches torchrun; under torchrun leave it out")
         Run(config, no_progress).check(nproc)  # bad input fails here once, not per process
         return launch_processes(nproc, (ctx.obj or {}).get("argv", sys.argv[1:]))
-    resolved = config.resolved()
-    for name in resolved.ignored_options(given_options(ctx, options)):
-        method = (f"--scorer {resolved.scorer}" if resolved.scorer_removes_filters()
-                  else f"--thresholder {resolved.thresholder}")
-        echo_err(f"warning: --{name.replace('_', '-')} does not apply to --mode {config.mode} "
-                 f"with {method}{' and --rewind' if config.rewind else ''}"
-                 f"{' and --retrain-from-scratch' if resolved.retrain_from_scratch else ''}; "
-                 "ignored")
+    resolved = modes.resolved(config)
+    for name in modes.ignored_options(resolved, given_options(ctx, options)):
+        echo_err(f"warning: {modes.ignored_option_warning(resolved, name)}")
     result = run(config, show_progress=progress,
                  warn=lambda message: echo_err(f"warning: {message}"))
     print_result(result)
@@ -111,7 +107,7 @@ def compare_command(ctx, methods, seeds, quick, progress, **options):
     Each method trains on its mode's budget (--iterations, and --finetune-iterations for
     pretrained and iterative methods).
     """
-    from ..compare import compare, parse_methods
+    from ..pipeline.compare import compare, parse_methods
 
     if distributed.launched():
         raise PrunekitError("prunekit compare runs in one process; start it without torchrun")

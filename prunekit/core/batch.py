@@ -3,6 +3,7 @@ check each task's loss, and report progress."""
 from __future__ import annotations
 
 import math
+import sys
 from typing import Callable, Iterable
 
 import torch
@@ -14,6 +15,12 @@ Progress = Callable[[Iterable, str], Iterable]
 
 def no_progress(items: Iterable, label: str) -> Iterable:
     return items
+
+
+def tqdm_progress(items: Iterable, label: str) -> Iterable:
+    """A progress bar on stderr when it is a terminal (disable=None); plain iteration otherwise."""
+    from tqdm import tqdm  # only runs that show progress pay for the import
+    return tqdm(items, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None)
 
 
 def check_loss(task: str, loss: torch.Tensor, where: str) -> None:

@@ -4,7 +4,7 @@ Every prunable tensor of a component (the shared backbone, or one task's head) i
 forward pass as sign(w) * relu(|w| - sigmoid(theta)), with one learnable theta per component.
 Gradients reach both the weights (through the kept ones) and theta, so each component learns its
 own sparsity. Once the overall sparsity reaches the target the thresholds are frozen and training
-goes on. The ``soft-threshold`` thresholder runs it (``prunekit.modes.learned``).
+goes on. The ``soft-threshold`` thresholder runs it (``prunekit.pipeline.modes.learned``).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 per output channel (values, and each value's column in the flattened (in-channel, kh, kw)
 filter), and its forward calls the ``sparse_conv2d`` kernel of prunekit._C: no im2col of the
 input, no densified weight. ``sparse_conv2d_reference`` is ``F.conv2d`` on the masked dense weight,
-the oracle of the tests. The op has gradients (prunekit/sparse_conv_grad.py), so the layer
+the oracle of the tests. The op has gradients (prunekit/ops/sparse_conv_grad.py), so the layer
 trains: its kept weights and bias are parameters, the pruned weights do not exist. The op has a
 shape function, so models holding the layer go through ``torch.export``.
 
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _C  # noqa: F401  (registers torch.ops.prunekit.sparse_conv2d)
+from .csr import csr_rows, weight_from_rows
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -78,33 +79,6 @@ def sparse_conv2d_reference(input: torch.Tensor, weight: torch.Tensor, mask: tor
                             dilation=1) -> torch.Tensor:
     """Pure-torch ``sparse_conv2d``: ``F.conv2d`` with the pruned weights set to zero."""
     return F.conv2d(input, weight * mask, bias, stride, padding, dilation)
-
-
-def csr_rows(weight: torch.Tensor, mask: torch.Tensor):
-    """The kept weights of ``weight`` [out, in, kh, kw] as (values, row_offsets, columns)."""
-    flat = weight.detach().reshape(weight.shape[0], -1)
-    kept = mask.reshape(flat.shape)
-    rows, columns = kept.nonzero(as_tuple=True)  # row-major: sorted by row, then column
-    counts = torch.bincount(rows, minlength=flat.shape[0])
-    row_offsets = torch.zeros(flat.shape[0] + 1, dtype=torch.int64, device=weight.device)
-    row_offsets[1:] = counts.cumsum(0)
-    return flat[rows, columns].contiguous(), row_offsets, columns.to(torch.int32)
-
-
-def value_rows(row_offsets: torch.Tensor) -> torch.Tensor:
-    """The row (output channel) of each stored value of CSR rows."""
-    return torch.repeat_interleave(
-        torch.arange(row_offsets.numel() - 1, device=row_offsets.device), row_offsets.diff())
-
-
-def weight_from_rows(values: torch.Tensor, row_offsets: torch.Tensor, columns: torch.Tensor,
-                     in_channels: int, kernel_size) -> torch.Tensor:
-    """The dense weight [out, in, kh, kw] of CSR rows, zero where nothing is stored (a repeated
-    column adds, as in the kernels)."""
-    out_channels = row_offsets.numel() - 1
-    weight = values.new_zeros(out_channels, in_channels * kernel_size[0] * kernel_size[1])
-    weight.index_put_((value_rows(row_offsets), columns.long()), values, accumulate=True)
-    return weight.reshape(out_channels, in_channels, *kernel_size)
 
 
 def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -221,5 +195,4 @@ class SparseConv2d(nn.Module):
                 f"density={self.density:.3f}")
 
 
-# Last: the gradients' module uses the helpers above.
 from . import sparse_conv_grad  # noqa: E402,F401  (registers sparse_conv2d's gradients)

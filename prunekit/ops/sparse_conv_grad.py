@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import _C  # noqa: F401  (registers torch.ops.prunekit.*)
-from .sparse_conv import value_rows, weight_from_rows
+from .csr import value_rows, weight_from_rows
 
 
 def sparse_conv2d_backward_reference(grad_output, input, values, row_offsets, columns,

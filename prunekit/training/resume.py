@@ -1,7 +1,8 @@
 """Resumable runs: ``DIR/resume.pt``, written every ``--checkpoint-every`` training steps and
 when the run is asked to stop (SIGTERM), and read by ``prunekit run --resume DIR``.
 
-A run is its mode's sequence of prunes and training phases (``prunekit.modes``). The checkpoint
+A run is its mode's sequence of prunes and training phases (``prunekit.pipeline.steps``, which
+writes the checkpoint of each phase). The checkpoint
 holds the settings, the masks of every prune made so far, and the phase in progress: its index,
 steps done, model weights, live masks, optimiser and schedule states, random generator states,
 the batch position, the report so far and the state of hooks that keep one (RigL's updater,
@@ -15,22 +16,14 @@ previous checkpoint or the new one. It is removed when the run finishes.
 """
 from __future__ import annotations
 
-import dataclasses
 import signal
 import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 
-from ..core import distributed
 from ..errors import PrunekitError, one_line
-from ..files import save_torch
-from .loop import Checkpoints, Resumption
-
-if TYPE_CHECKING:
-    from ..engine import Run
 
 RESUME_FILE = "resume.pt"
 FORMAT = 1
@@ -103,50 +96,3 @@ class StopRequest:
         if not self.in_training:
             raise RunStopped("stopped by SIGTERM outside a training step (no new checkpoint); "
                              "a run that wrote one goes on with prunekit run --resume")
-
-
-class PhaseCheckpoints(Checkpoints):
-    """The checkpoints of one training phase of ``run``."""
-
-    def __init__(self, run: "Run", phase: int, label: str, masks, after_step):
-        self.run, self.phase, self.label = run, phase, label
-        self.masks, self.after_step = masks, after_step
-        self.every = run.config.checkpoint_every
-        self.stopping = False
-        self.started = time.perf_counter()
-
-    def due(self, steps_done: int) -> bool:
-        stop = distributed.any_rank(self.run.stop.requested)
-        self.stopping = stop
-        return stop or (self.every > 0 and steps_done % self.every == 0)
-
-    def write(self, state: Resumption) -> None:
-        run = self.run
-        if run.writer:
-            save_torch(run.out_dir / RESUME_FILE, {
-                "format": FORMAT,
-                "config": dataclasses.asdict(run.config),
-                "world_size": distributed.world_size(),
-                "phase": self.phase,
-                # fields, not asdict: that would copy the optimiser's state first
-                "resumption": {f.name: getattr(state, f.name)
-                               for f in dataclasses.fields(state)},
-                "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
-                "masks": ({k: m.cpu() for k, m in self.masks.named_masks().items()}
-                          if self.masks is not None else None),
-                "prunes": run.prunes,
-                "hooks": {name: hook.state_dict() for name, hook in self.hooks().items()},
-                "report": run.report,
-                "timings": {**run.timings,  # with this phase's seconds so far
-                            self.label: round(run.timings.get(self.label, 0.0)
-                                              + time.perf_counter() - self.started, 3)},
-                "elapsed": run.elapsed(),
-            })
-            run.write_report(complete=False)
-        if self.stopping:
-            raise RunStopped(f"stopped by SIGTERM after step {state.step} of {self.label}; "
-                             f"resume with: prunekit run --resume {run.out_dir}")
-
-    def hooks(self) -> dict[str, KeepsState]:
-        found = {"after_step": self.after_step, "task_weights": self.run.task_weights}
-        return {name: hook for name, hook in found.items() if hasattr(hook, "state_dict")}

@@ -46,6 +46,16 @@ class AdaptiveTaskWeights:
     weights sum to the number of tasks (all 1.0 during the warm-up, see the module docstring).
     """
 
+    @classmethod
+    def for_layout(cls, layout, tasks: Sequence[str], window: int) -> "AdaptiveTaskWeights":
+        """AdapMTL's weighting for a model: each task's scale is the parameters its loss trains
+        (the shared trunk and its head, from a ``ResolvedLayout``) over the mean of that count
+        across tasks."""
+        trained = {task: layout.numel(layout.shared) + layout.numel(names)
+                   for task, names in layout.heads.items()}
+        mean = sum(trained.values()) / len(trained)
+        return cls(tasks, window, {task: n / mean for task, n in trained.items()})
+
     def __init__(self, tasks: Sequence[str], window: int = 400,
                  scales: Mapping[str, float] | None = None, start: int | None = None):
         self.tasks = list(tasks)

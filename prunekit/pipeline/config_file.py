@@ -14,8 +14,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .engine import RunConfig
-from .errors import PrunekitError, one_line
+from ..errors import PrunekitError, one_line
+from .config import RunConfig
 
 FIELD_TYPES = typing.get_type_hints(RunConfig)
 

@@ -1,4 +1,4 @@
-"""The run report: ``report.json`` contents, Delta_T against a baseline, and the stdout summary."""
+"""The run report: ``report.json`` written, Delta_T against a baseline, and the stdout summary."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,11 @@ import math
 from pathlib import Path
 from typing import Mapping
 
-from .errors import PrunekitError
-from .tasks import Task
+from ..errors import PrunekitError
+from ..files import non_finite_keys, write_json
+from ..tasks import Task
+from .context import RunContext
+from .outputs import REPORT
 
 
 def load_baseline(run_dir: str | Path) -> dict:
@@ -82,3 +85,17 @@ def format_structured(record: dict) -> str:
             f"{before['macs_per_image'] / 1e6:.1f}M -> {after['macs_per_image'] / 1e6:.1f}M  "
             f"latency {before['latency_ms']:.1f} -> {after['latency_ms']:.1f} ms "
             f"({record['speedup']:.2f}x)")
+
+
+def write_report(ctx: RunContext, complete: bool) -> None:
+    """report.json when complete; before that (at checkpoints, after a failure) the
+    incomplete report, in ``ctx.report_name``. Strict JSON: a value that is not a finite
+    number is written as null, with a warning naming it."""
+    ctx.report["timings"] = {**ctx.timings, "total": ctx.elapsed()}
+    ctx.report["complete"] = complete
+    for key in non_finite_keys(ctx.report):
+        message = f"report.json: {key} is not a finite number; written as null"
+        if message not in ctx.report["warnings"]:
+            ctx.warn(message)
+    if ctx.writer:
+        write_json(ctx.out_dir / (REPORT if complete else ctx.report_name), ctx.report)

@@ -13,10 +13,13 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine import Run, RunConfig, check_out_dir, fresh_run_dir, print_warning, run
-from .errors import PrunekitError
-from .files import atomic_write, write_json
-from .core.batch import no_progress
+from ..core.batch import no_progress
+from ..errors import PrunekitError
+from ..files import atomic_write, write_json
+from . import modes
+from .config import RunConfig
+from .engine import Run, run
+from .outputs import check_out_dir, fresh_run_dir, print_warning
 
 DENSE = "dense"
 WARM_STARTED = ("pretrained", "iterative")  # the modes that prune trained weights
@@ -83,7 +86,7 @@ def run_configs(base: RunConfig, methods: list[Method], seeds: list[int],
         for method in methods:
             config = dataclasses.replace(method.config(base), seed=seed, baseline=str(dense_dir),
                                          out=str(out_dir / method.folder / f"seed{seed}"))
-            if not config.resolved().scorer_removes_filters():  # only structured runs retrain
+            if not modes.removes_channels(modes.resolved(config)):  # only structured runs retrain
                 config = dataclasses.replace(config, **NOT_RETRAINED)
             plan.append((method.label, seed, config))
     return plan
