@@ -66,14 +66,14 @@ def extension():
 
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/*.cpp"))
+    sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     # at::parallel_for expands to OpenMP pragmas in our own code: without -fopenmp it runs on one
     # thread. The process shares torch's libgomp (same soname, already loaded).
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
     args = {"cxx": opt + openmp}
     macros = []
     if with_cuda:
-        sources += sorted(glob.glob("csrc/*/*.cu"))
+        sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
         args["nvcc"] = opt + os.environ.get("NVCC_FLAGS", "").split()
         macros.append(("PRUNEKIT_WITH_CUDA", None))
     kind = CUDAExtension if with_cuda else CppExtension

@@ -16,7 +16,8 @@ import torch
 from prunekit.core import distributed
 from prunekit.pipeline.engine import Run
 from prunekit.pipeline.config import QUICK, RunConfig
-from prunekit.training.resume import PhaseCheckpoints, read_resume
+from prunekit.pipeline.steps import PhaseCheckpoints
+from prunekit.training.resume import read_resume
 from prunekit.core.batch import no_progress
 
 

@@ -188,7 +188,7 @@ def stopped_run(tmp_path, monkeypatch):
     """A quick run killed right after its second checkpoint."""
     class Killed(BaseException):
         pass
-    from prunekit.training.resume import PhaseCheckpoints
+    from prunekit.pipeline.steps import PhaseCheckpoints
     original, written = PhaseCheckpoints.write, []
 
     def write(self, state):

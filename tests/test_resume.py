@@ -11,7 +11,8 @@ import torch
 
 from prunekit import pipeline
 from prunekit.pipeline.config import QUICK, RunConfig
-from prunekit.training.resume import RESUME_FILE, PhaseCheckpoints
+from prunekit.pipeline.steps import PhaseCheckpoints
+from prunekit.training.resume import RESUME_FILE
 
 
 class Killed(BaseException):

@@ -39,8 +39,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "../simd/simd.h"
-#include "topk_masks_common.h"
+#include "../../simd/simd.h"
+#include "../common/topk_masks_common.h"
 
 #ifdef PRUNEKIT_X86_DISPATCH
 #include <immintrin.h>

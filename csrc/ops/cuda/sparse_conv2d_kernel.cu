@@ -15,7 +15,7 @@
 // threads read consecutive ow (coalesced) and one shared read of a weight serves several outputs.
 // Sums are in the accumulation type (float for float, double for double), starting from the bias
 // and adding the kept weights in row order. All on the current stream; the host never waits here.
-#include "sparse_conv_common.h"
+#include "../common/sparse_conv_common.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

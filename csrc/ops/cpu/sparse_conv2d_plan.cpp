@@ -1,5 +1,5 @@
-// The tap plans of the CPU sparse_conv2d (tap_plan.h), and the op sparse_conv2d_plan.
-#include "tap_plan.h"
+// The tap plans of the CPU sparse_conv2d (sparse_conv2d_plan.h), and the op sparse_conv2d_plan.
+#include "sparse_conv2d_plan.h"
 
 #include <ATen/Dispatch.h>
 #include <torch/library.h>

@@ -35,7 +35,7 @@
 // two int64 per chunk (tie counts and their cumsum): O(G + N / kChunk), never O(N). Everything runs
 // on the current stream; the tables go up through pinned memory without waiting, and the host
 // waits once, at the end, to read the position of the first NaN score.
-#include "topk_masks_common.h"
+#include "../common/topk_masks_common.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

@@ -21,7 +21,7 @@
 #include <tuple>
 #include <vector>
 
-#include "sparse_conv_common.h"
+#include "../common/sparse_conv_common.h"
 
 namespace prunekit {
 namespace {

@@ -1,7 +1,7 @@
 // sparse_conv2d on CPU: a convolution that multiplies only the kept weights.
 //
 // The weight is stored per output channel (CSR rows): the kept weights' values and their column
-// in the flattened (in-channel, kh, kw) filter. The taps are planned per input size (tap_plan.h:
+// in the flattened (in-channel, kh, kw) filter. The taps are planned per input size (sparse_conv2d_plan.h:
 // on each call, or once by sparse_conv2d_plan and handed in): kept weights whose tap never lands
 // on the image are left out (unless inf or NaN), and the input is copied into a zero border only
 // as wide as the remaining taps reach (at most the layer's padding; read in place when none). A
@@ -35,9 +35,9 @@
 #include <limits>
 #include <vector>
 
-#include "../simd/simd.h"
-#include "sparse_conv_common.h"
-#include "tap_plan.h"
+#include "../../simd/simd.h"
+#include "../common/sparse_conv_common.h"
+#include "sparse_conv2d_plan.h"
 
 namespace prunekit {
 namespace {

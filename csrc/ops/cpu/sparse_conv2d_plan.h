@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "sparse_conv_common.h"
+#include "../common/sparse_conv_common.h"
 
 namespace prunekit {
 
