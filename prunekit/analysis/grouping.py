@@ -105,7 +105,8 @@ def unmeasured_groups(tasks: Sequence[str], networks: Iterable[Network],
                       size: int) -> list[frozenset]:
     """The groups of ``size`` tasks that no network was trained on."""
     trained = {n.trained for n in networks}
-    return [frozenset(g) for g in itertools.combinations(tasks, size) if frozenset(g) not in trained]
+    return [group for group in map(frozenset, itertools.combinations(tasks, size))
+            if group not in trained]
 
 
 def estimated_networks(tasks: Sequence[str], networks: Sequence[Network],
