@@ -31,10 +31,11 @@ def sparse_run():
     torch.manual_seed(0)
     run = Run(CONFIG, no_progress)
     run.check()
-    run.device = torch.device("cpu")
+    run.ctx.device = torch.device("cpu")
     run.build()
-    initial = run.prune(CONFIG.sparsity, scorer=default_registry().get("scorer", "random"))
-    return run, AppliedMasks(run.model, initial.masks)
+    initial = run.steps.prune(CONFIG.sparsity,
+                              scorer=default_registry().get("scorer", "random"))
+    return run.ctx, AppliedMasks(run.ctx.model, initial.masks)
 
 
 def train_one_interval(run, applied, after_step=None):

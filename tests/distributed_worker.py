@@ -50,9 +50,9 @@ def main() -> None:
         run = Run(RunConfig(**{**QUICK, **settings}), no_progress)
     try:
         run.prepare()
-        run.out_dir.mkdir(parents=True, exist_ok=True)
+        run.ctx.out_dir.mkdir(parents=True, exist_ok=True)
         masks = run.execute()
-        hashes = {"model": {k: digest(v) for k, v in run.model.state_dict().items()},
+        hashes = {"model": {k: digest(v) for k, v in run.ctx.model.state_dict().items()},
                   "masks": {k: digest(v) for k, v in masks.items()},
                   "world_size": distributed.world_size()}
         (folder / f"rank{distributed.rank()}.json").write_text(json.dumps(hashes))

@@ -114,12 +114,12 @@ def prepared(**settings) -> Run:
 
 def test_augment_reaches_the_training_loader_only(tmp_path):
     session = prepared(augment=True, out=str(tmp_path))
-    assert isinstance(session.train_loader.dataset, Augmented)
-    assert isinstance(session.train_loader.sampler, SeededSampler)
-    assert not isinstance(session.val_loader.dataset, Augmented)
-    batch = next(iter(session.train_loader))
+    assert isinstance(session.ctx.train_loader.dataset, Augmented)
+    assert isinstance(session.ctx.train_loader.sampler, SeededSampler)
+    assert not isinstance(session.ctx.val_loader.dataset, Augmented)
+    batch = next(iter(session.ctx.train_loader))
     plain = prepared(out=str(tmp_path / "plain"))
-    assert batch["image"].shape == next(iter(plain.train_loader))["image"].shape
+    assert batch["image"].shape == next(iter(plain.ctx.train_loader))["image"].shape
     assert not math.isnan(float(batch["image"].sum()))
 
 
@@ -135,9 +135,9 @@ def test_augment_with_held_out_selection_samples(tmp_path):
     augmented rest still loads through the (index, seed) keys."""
     run = prepared(augment=True, retrain_from_scratch=True, mode="iterative", scorer="taylor",
                    out=str(tmp_path))
-    batch = next(iter(run.train_loader))
+    batch = next(iter(run.ctx.train_loader))
     assert batch["image"].shape[0] == QUICK["batch_size"]
-    assert not isinstance(run.selection_loader.dataset, Augmented)
+    assert not isinstance(run.mode.selection_loader.dataset, Augmented)
 
 
 def test_integer_targets_without_a_known_padding_are_refused(monkeypatch):

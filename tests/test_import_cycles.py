@@ -1,4 +1,4 @@
-"""No import cycles inside prunekit (docs/architecture.md: dependencies point down).
+"""No import cycles inside prunekit, and no import of a higher layer (docs/architecture.md).
 
 Every import counts: at module level, inside functions (a run-time import hides a cycle, it does
 not remove it) and under ``TYPE_CHECKING``. ``KNOWN_CYCLES`` is empty; a cycle that must stay a
@@ -91,3 +91,40 @@ def test_no_import_cycles_beyond_the_known_ones():
     gone = [sorted(c) for c in KNOWN_CYCLES if c not in found]
     assert not new, f"import cycles not in KNOWN_CYCLES: {new}"
     assert not gone, f"cycles gone (or changed): remove them from KNOWN_CYCLES: {gone}"
+
+
+# The layers of docs/architecture.md, bottom first: a module imports its own layer or lower ones.
+LAYERS = [
+    {"errors", "files", "timing", "imports", "_version", "hookspecs"},
+    {"tasks", "data", "ops", "plots"},
+    {"core", "models", "interfaces"},
+    {"training", "registry", "api"},
+    {"pipeline"},
+    {"analysis", "export", "testing"},
+    {"cli", "__init__", "__main__"},
+]
+
+
+def layer_of(module: str) -> int:
+    """The layer of ``prunekit.X...`` by X (``prunekit`` itself is ``__init__``)."""
+    part = module.split(".")[1] if "." in module else "__init__"
+    for number, members in enumerate(LAYERS):
+        if part in members:
+            return number
+    raise AssertionError(f"{module} is in no layer of LAYERS: add its package to one")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{module} -> {target}" for module, targets in graph.items()
+                  for target in targets if layer_of(target) > layer_of(module))
+
+
+def test_the_layer_check_refuses_an_upward_import():
+    assert upward_imports({"prunekit.core.masks": {"prunekit.pipeline.engine"}}) == [
+        "prunekit.core.masks -> prunekit.pipeline.engine"]
+    assert upward_imports({"prunekit.cli.runs": {"prunekit", "prunekit.core.masks"}}) == []
+
+
+def test_packages_import_only_their_own_layer_or_lower_ones():
+    upward = upward_imports(import_graph())
+    assert not upward, f"imports of a higher layer (docs/architecture.md): {upward}"

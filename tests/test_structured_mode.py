@@ -300,11 +300,11 @@ def test_head_groups_are_candidates_only_for_scorers_that_score_heads(scorer, he
     current = Run(RunConfig(**QUICK, mode="iterative", scorer=scorer, params_ratio=0.6),
                   no_progress)
     current.prepare()
-    groups = candidate_groups(current.model, set(current.structured_scored))
+    groups = candidate_groups(current.ctx.model, set(current.mode.scored))
     assert any(not is_head_group(g.name) for g in groups)
     assert any(is_head_group(g.name) for g in groups) == heads
     if heads:
-        assert {g.name for g in groups} == set(kept_channels(current.model))
+        assert {g.name for g in groups} == set(kept_channels(current.ctx.model))
 
 
 def test_structured_checkpoint_rebuilds_the_smaller_model(cosprune_run):
@@ -360,7 +360,7 @@ def test_unreachable_params_ratio_fails_before_training(tmp_path):
     current = Run(config, no_progress)
     with pytest.raises(PrunekitError, match="--params-ratio"):
         current.prepare()
-    assert "pretraining" not in current.timings and current.report["training"] == []
+    assert "pretraining" not in current.ctx.timings and current.report["training"] == []
 
 
 def test_unreachable_sparsity_names_the_sparsity_option(tmp_path):
@@ -497,7 +497,7 @@ def test_retraining_holds_out_training_samples_and_keeps_the_chosen_weights(retr
     report, out_dir, _ = retrain_run
     current = Run(RunConfig(**QUICK, mode="iterative", **RETRAIN), no_progress)
     current.prepare()  # the run's data again, without training
-    train_set, held = current.train_loader.dataset, current.selection_loader.dataset
+    train_set, held = current.ctx.train_loader.dataset, current.mode.selection_loader.dataset
     assert train_set.dataset is held.dataset  # both from the training split
     assert not set(train_set.indices) & set(held.indices)
     assert len(train_set) + len(held) == len(train_set.dataset)
@@ -506,7 +506,8 @@ def test_retraining_holds_out_training_samples_and_keeps_the_chosen_weights(retr
     record = report["structured"]["retraining"]
     chosen = next(c for c in record["candidates"] if c["lr"] == record["chosen_lr"])
     model, _ = load_checkpoint(out_dir / "checkpoint.pt")
-    metrics = evaluate(model, current.tasks, current.selection_loader, torch.device("cpu"))
+    metrics = evaluate(model, current.ctx.tasks, current.mode.selection_loader,
+                       torch.device("cpu"))
     for task, values in chosen["metrics"].items():
         assert metrics[task] == pytest.approx(values, rel=1e-5, abs=1e-7), task
 
