@@ -12,8 +12,9 @@ from helpers import invoke
 from prunekit.errors import PrunekitError
 from prunekit.analysis.grouping import (Network, best_grouping, brute_force_grouping,
                                         estimated_networks, higher_order_networks,
-                                        load_authors_table, load_pair_table,
-                                        networks_from_table, pairwise_from_similarity)
+                                        networks_from_table)
+from prunekit.analysis.grouping_tables import (load_authors_table, load_pair_table,
+                                               pairwise_from_similarity)
 
 
 def groups(grouping):

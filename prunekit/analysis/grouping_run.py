@@ -10,8 +10,9 @@ from pathlib import Path
 
 from ..errors import PrunekitError
 from .grouping import GROUP_JOIN, GroupKey, Grouping, Network, best_grouping, \
-    estimated_networks, group_name, load_authors_table, load_pair_table, networks_from_table, \
-    pairwise_from_similarity, serving_network, unmeasured_groups, unscored_members
+    estimated_networks, group_name, networks_from_table, serving_network, unmeasured_groups, \
+    unscored_members
+from .grouping_tables import load_authors_table, load_pair_table, pairwise_from_similarity
 
 MISSING_DIRECTION = ("error", "skip")
 
