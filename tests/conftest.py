@@ -3,8 +3,12 @@
 Tests load only prunekit's own plugins, so whatever else is installed cannot change them.
 """
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("PRUNEKIT_DISABLE_PLUGIN_AUTOLOAD", "1")
+# tests/ mirrors the packages; the modules every folder shares (helpers) live here
+sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest
 import torch

@@ -110,9 +110,10 @@ class Steps:
             ctx.stop.in_training = checkpoints is not None
             try:
                 history = train(distributed.for_training(ctx.model), ctx.tasks,
-                                ctx.train_loader, iterations, lr, masks,
-                                ctx.device, ctx.progress, phase, after_step, extra_groups,
-                                ctx.task_weights, resumption, checkpoints)
+                                ctx.train_loader, iterations, lr, masks, ctx.device,
+                                progress=ctx.progress, label=phase, after_step=after_step,
+                                extra_groups=extra_groups, task_weights=ctx.task_weights,
+                                resume=resumption, checkpoints=checkpoints)
             except NonFiniteLossError as error:
                 raise self.with_checkpoint_kept(error) from error
             finally:

@@ -108,7 +108,7 @@ def set_rng_states(states: dict, device: torch.device) -> None:
 
 
 def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, iterations: int,
-          lr: float, masks: AppliedMasks | None, device: torch.device,
+          lr: float, masks: AppliedMasks | None, device: torch.device, *,
           progress: Progress = no_progress, label: str = "training",
           after_step: AfterStep | None = None,
           extra_groups: list[dict] | None = None,

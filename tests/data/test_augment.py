@@ -12,7 +12,7 @@ from prunekit.data.synthetic import IGNORE_INDEX
 from prunekit.pipeline.engine import Run
 from prunekit.pipeline.config import QUICK, RunConfig
 from prunekit.core.batch import no_progress
-from test_cli import quick_run
+from helpers import quick_run
 
 
 def sample(height=6, width=8):

@@ -10,7 +10,7 @@ from prunekit import PrunekitError
 from prunekit.cli import main
 from prunekit.data import NYU13_CLASSES, NYU40_CLASSES, NYUv2, NYUv2Json, NYUv2Json40, build_dataset
 from prunekit.data.synthetic import CLASS_ID, IGNORE_INDEX
-from test_data import write_nyuv2
+from helpers import write_nyuv2
 
 SIZE = (8, 10)
 MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434])

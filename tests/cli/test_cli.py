@@ -11,16 +11,9 @@ import torch
 from prunekit import load_checkpoint
 from prunekit.cli import main
 from prunekit.models import build_model
-from helpers import invoke
+from helpers import invoke, quick_run, write_nyuv2
 
 TASKS = ("seg", "depth", "normal")
-
-
-def quick_run(capsys, out_dir, *extra):
-    code, out, err = invoke(capsys, "run", "--quick", "--no-progress", "--out", str(out_dir),
-                            *extra)
-    assert code == 0, err
-    return json.loads((out_dir / "report.json").read_text()), out
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +192,6 @@ def test_default_output_folder_names_the_method(capsys, tmp_path, monkeypatch):
 
 
 def test_run_on_nyuv2_npy_files(capsys, tmp_path):
-    from test_data import write_nyuv2
 
     write_nyuv2(tmp_path / "nyu", "train", 4, size=(24, 32))
     write_nyuv2(tmp_path / "nyu", "val", 2, size=(24, 32))

@@ -6,6 +6,7 @@ import torch
 from prunekit import PrunekitError
 from prunekit.data import NYU13_CLASSES, NYUv2, SyntheticIndoorScenes, build_dataset
 from prunekit.data.synthetic import CLASS_ID, IGNORE_INDEX, camera_rays
+from helpers import write_npy_folders, write_nyuv2
 
 
 @pytest.fixture(scope="module")
@@ -59,28 +60,6 @@ def test_geometry_is_consistent_across_tasks(samples):
 def test_a_share_of_boundary_pixels_is_unlabelled(samples):
     share = sum(float((s["seg"] == IGNORE_INDEX).float().mean()) for s in samples) / len(samples)
     assert 0.002 < share < 0.1
-
-
-def write_npy_folders(root, split, count, arrays):
-    """ROOT/SPLIT/FOLDER/I.npy for I < count, each from ``arrays[FOLDER]()``, in order."""
-    for folder in arrays:
-        (root / split / folder).mkdir(parents=True)
-    for i in range(count):
-        for folder, array in arrays.items():
-            np.save(root / split / folder / f"{i}.npy", array())
-
-
-def write_nyuv2(root, split, count, size=(6, 8)):
-    rng = np.random.default_rng(0)
-
-    def normal():
-        vectors = rng.normal(size=(*size, 3)).astype(np.float32)
-        return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
-    write_npy_folders(root, split, count, {
-        "image": lambda: rng.random((*size, 3), dtype=np.float32),
-        "label": lambda: rng.integers(-1, 13, size).astype(np.float32),
-        "depth": lambda: rng.random((*size, 1), dtype=np.float32) * 5,
-        "normal": normal})
 
 
 def test_nyuv2_npy_layout(tmp_path):

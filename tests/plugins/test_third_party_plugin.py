@@ -15,7 +15,7 @@ import pytest
 
 from plugin_packages import install, prunekit as run_prunekit
 
-PACKAGE = Path(__file__).parents[1] / "examples" / "prunekit-example-plugin"
+PACKAGE = Path(__file__).parents[2] / "examples" / "prunekit-example-plugin"
 DISTRIBUTION = "prunekit-example-plugin"
 VERSION = "0.2.0"
 METHODS = [("scorer", "example-synflow"), ("scorer", "example-magnitude"),

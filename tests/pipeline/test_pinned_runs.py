@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).parent / "pinned" / "runs.py"
+SCRIPT = Path(__file__).parents[1] / "pinned" / "runs.py"
 
 
 def test_quick_runs_of_every_mode_are_unchanged():

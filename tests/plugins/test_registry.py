@@ -204,7 +204,7 @@ def test_interfaces_cannot_be_instantiated_without_their_method():
 
 
 def test_every_hook_is_documented():
-    docs = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    docs = (Path(__file__).parents[2] / "docs" / "plugins.md").read_text()
     hooks = [n for n in dir(hookspecs) if n.startswith("prunekit_")]
     assert len(hooks) == 4
     for hook in hooks:
