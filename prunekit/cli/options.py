@@ -105,6 +105,10 @@ DATA_AND_TRAINING_OPTIONS = options(
                  help="Training steps (sparse training, or dense training before pruning)."),
     click.option("--score-batches", type=int, default=DEFAULTS["score_batches"],
                  show_default=True, help="Batches whose saliency is summed."),
+    click.option("--score-resolution", default=DEFAULTS["score_resolution"], show_default=True,
+                 help="Where scoring losses compare prediction and target: input (the model's "
+                      "upsampled prediction) or output (each head's own output, targets "
+                      "shrunk by nearest neighbour, as the DiSparse code scores)."),
     click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True),
     click.option("--workers", type=int, default=DEFAULTS["workers"], show_default=True,
                  help="Data-loading processes (0: load in the main process)."),

@@ -7,6 +7,7 @@ forward and K backwards rather than K forwards.
 from __future__ import annotations
 
 import contextlib
+import os
 from abc import abstractmethod
 from typing import Callable, Iterator
 
@@ -14,7 +15,10 @@ import torch
 from torch import nn
 
 from . import distributed
+from .layout import ResolvedLayout
+from ..errors import PrunekitError
 from ..interfaces import JOINT, Saliency, Scorer, ScoringContext
+from ..tasks import nearest_resized
 
 # criterion(weight, gradient) -> per-element score
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -22,9 +26,13 @@ Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @contextlib.contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
-    """Run in training mode; restore buffers (BatchNorm statistics) and every module's mode.
+    """Score in training mode, then put the model back as it was.
 
-    Modules keep their own modes (a model in training with frozen BatchNorm stays so).
+    Inside, every module is in training mode: BatchNorm normalises with each batch's own
+    statistics and updates its running statistics, and dropout is active, as in the DiSparse
+    code, which scores a network in training mode. Afterwards every buffer (the BatchNorm
+    running statistics) is restored to its value before scoring and every module to its own
+    earlier mode, so scoring changes neither the statistics nor a frozen BatchNorm's eval mode.
     """
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     modes = {module: module.training for module in model.modules()}
@@ -40,12 +48,63 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
 
 
 def task_losses(context: ScoringContext, batch: dict) -> dict[str, torch.Tensor]:
-    outputs = context.model(batch["image"])
+    """Each task's loss on ``batch``: on the model's prediction, or, for a task whose
+    ``score_resolution`` is ``"output"``, on its head's own output against the target shrunk
+    to that size by nearest neighbour (the DiSparse code's scoring loss)."""
+    at_output = [name for name, task in context.tasks.items()
+                 if task.score_resolution == "output"]
+    with head_outputs(context.model, context.layout, at_output) as heads:
+        outputs = context.model(batch["image"])
     losses = {}
     for name, task in context.tasks.items():
-        losses[name] = task.loss(outputs[name], batch[name])
+        prediction, target = outputs[name], batch[name]
+        if name in heads:
+            prediction = heads[name]
+            target = nearest_resized(target, prediction.shape[-2:])
+        losses[name] = task.loss(prediction, target)
         context.check_loss(name, losses[name], "scoring")
     return losses
+
+
+@contextlib.contextmanager
+def head_outputs(model: nn.Module, layout: ResolvedLayout,
+                 tasks: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """While inside, each forward pass of ``model`` records what the head of each of ``tasks``
+    returns (before the model resizes it to the input), by task."""
+    captured: dict[str, torch.Tensor] = {}
+    heads = {task: head_module(model, layout.heads[task]) for task in tasks}
+
+    def recorder(task: str):
+        def record(module, inputs, output):
+            captured[task] = output
+        return record
+
+    hooks = [module.register_forward_hook(recorder(task))
+             for task, (_, module) in heads.items()]
+    try:
+        yield captured
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for task, (name, _) in heads.items():
+        output = captured.get(task)
+        if not (isinstance(output, torch.Tensor) and output.dim() == 4):
+            got = "was not called" if output is None else f"returned {type(output).__name__}"
+            raise PrunekitError(
+                f"--score-resolution output needs the head of task {task!r} to return its "
+                f"prediction as one [N, C, H, W] tensor; "
+                f"{f'module {name!r}' if name else 'the model itself'} {got}")
+
+
+def head_module(model: nn.Module, param_names: list[str]) -> tuple[str, nn.Module]:
+    """The module holding all of a head's parameters: the deepest common one that runs a
+    forward of its own (a ModuleList or ModuleDict only holds modules)."""
+    common = os.path.commonprefix([name.split(".")[:-1] for name in param_names])
+    while common and isinstance(model.get_submodule(".".join(common)),
+                                (nn.ModuleList, nn.ModuleDict)):
+        common = common[:-1]
+    name = ".".join(common)
+    return name, model.get_submodule(name)
 
 
 def score_shape(param: torch.Tensor, granularity: str) -> torch.Size:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..api import check_sparsity
 from ..errors import PrunekitError, UnknownNameError
+from ..tasks import SCORE_RESOLUTIONS
 
 DEFAULT_TASKS = ("seg", "depth", "normal")
 TASK_WEIGHTINGS = ("fixed", "adaptive")
@@ -43,6 +44,7 @@ class RunConfig:
     val_samples: int = 128                      # 0: the whole validation split
     iterations: int = 400
     score_batches: int = 10
+    score_resolution: str = "input"  # scoring losses at the input size | the net's output size
     batch_size: int = 8
     workers: int = 0                 # data-loading processes (0: load in the main process)
     augment: bool = False            # random scale, crop and flip of training samples
@@ -114,6 +116,8 @@ class RunConfig:
             raise PrunekitError(f"theta decay must be >= 0, got {self.theta_decay}")
         if self.task_weighting not in TASK_WEIGHTINGS:
             raise UnknownNameError("task weighting", self.task_weighting, TASK_WEIGHTINGS)
+        if self.score_resolution not in SCORE_RESOLUTIONS:
+            raise UnknownNameError("score resolution", self.score_resolution, SCORE_RESOLUTIONS)
         if self.window < 2:
             raise PrunekitError(f"window must be at least 2 losses, got {self.window}")
         if self.params_ratio is not None and not 0 < self.params_ratio < 1:

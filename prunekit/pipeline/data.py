@@ -12,6 +12,7 @@ from ..core import distributed
 from ..core.batch import to_device
 from ..data.augment import Augmented, SeededSampler
 from ..errors import PrunekitError
+from ..interfaces import Scorer
 from .config import RunConfig
 
 BATCH_SEEDS = 1_000_003  # scoring batch i of seed s draws from seed s * BATCH_SEEDS + i
@@ -122,3 +123,42 @@ def baseline_differences(baseline: dict, config: RunConfig, data: dict) -> str |
 def as_json(value):
     """``value`` as it reads back from report.json (tuples become lists)."""
     return json.loads(json.dumps(value))
+
+
+def check_not_empty(dataset: str, split: str, samples: int) -> None:
+    """A split without samples gives no batch: nothing can train or be measured."""
+    if samples == 0:
+        raise PrunekitError(f"dataset {dataset}, split {split}: no samples, so no batches; "
+                            "check --data-root and the dataset's split files")
+
+
+def reads_score_batches(config: RunConfig, scorer: Scorer | None) -> bool:
+    """Whether the run scores on --score-batches batches: an element scorer that reads data,
+    outside dynamic mode (whose initial masks are random and whose grow scores read each
+    update's one training batch); filter scorers score each training step's batch instead."""
+    return (scorer is not None and scorer.needs_data and scorer.granularity == "element"
+            and config.mode != "dynamic")
+
+
+def small_data_warnings(config: RunConfig, train_samples: int, val_samples: int,
+                        scoring: bool) -> list[str]:
+    """One line for each split smaller than what the options ask of it: the run goes on with
+    what there is. ``train_samples``: those the run trains and scores on; ``val_samples``: the
+    whole validation split; ``scoring``: whether the run reads --score-batches batches."""
+    warnings = []
+    batch = config.batch_size
+    train = f"dataset {config.dataset}, split train: {train_samples} samples"
+    if train_samples < batch:
+        warnings.append(f"{train}, fewer than --batch-size {batch}; every training batch "
+                        f"holds {train_samples}")
+    if config.val_samples > val_samples:
+        warnings.append(f"dataset {config.dataset}, split val: {val_samples} samples, fewer "
+                        f"than --val-samples {config.val_samples}; the evaluation uses all "
+                        f"{val_samples}")
+    if scoring and train_samples < config.score_batches * batch:
+        # the training loader drops a last partial batch, unless it is the only one
+        batches = min(config.score_batches, max(1, train_samples // batch))
+        warnings.append(f"{train}, fewer than --score-batches {config.score_batches} x "
+                        f"--batch-size {batch} = {config.score_batches * batch}; scoring "
+                        f"sums {batches} batch(es) of {min(batch, train_samples)}")
+    return warnings

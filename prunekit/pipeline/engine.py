@@ -37,8 +37,8 @@ from ..training.task_weighting import AdaptiveTaskWeights
 from . import modes
 from .config import RunConfig
 from .context import RunContext
-from .data import (baseline_differences, data_record, evaluation_subset, loader,
-                   resolve_device)
+from .data import (baseline_differences, check_not_empty, data_record, evaluation_subset,
+                   loader, reads_score_batches, resolve_device, small_data_warnings)
 from .outputs import (CHECKPOINT, INCOMPLETE_REPORT, REPORT, check_checkpoint_path,
                       check_out_dir, checkpoint_contents, fresh_run_dir, holds_complete_run,
                       load_weights, print_warning)
@@ -129,10 +129,12 @@ class Run:
         torch.manual_seed(config.seed)
         train_set = build_dataset(config.dataset, "train", config.data_root, config.image_size,
                                   config.seed)
-        val_set = evaluation_subset(build_dataset(config.dataset, "val", config.data_root,
-                                                  config.image_size, config.seed),
-                                    config.val_samples)
-        ctx.tasks = build_tasks(config.tasks, train_set)
+        val_split = build_dataset(config.dataset, "val", config.data_root, config.image_size,
+                                  config.seed)
+        for split, samples in (("train", train_set), ("val", val_split)):
+            check_not_empty(config.dataset, split, len(samples))
+        val_set = evaluation_subset(val_split, config.val_samples)
+        ctx.tasks = build_tasks(config.tasks, train_set, config.score_resolution)
         example = train_set[0]["image"]
         ctx.input_shape = (1, *example.shape)  # for data-free scorers (ScoringContext)
         ctx.report["data"] = data_record(example, train_set, val_set)
@@ -141,6 +143,9 @@ class Run:
             if difference:
                 ctx.warn(difference)
         train_set = self.mode.training_split(ctx, train_set)
+        for message in small_data_warnings(config, len(train_set), len(val_split),
+                                           reads_score_batches(config, ctx.scorer)):
+            ctx.warn(message)
         if config.augment:
             train_set = Augmented(train_set)
         channels = {name: task.channels for name, task in ctx.tasks.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from ..errors import PrunekitError, UnknownNameError
-from .base import Meter, Task
+from .base import SCORE_RESOLUTIONS, Meter, Task, nearest_resized
 from .dense_l1 import DenseL1Task
 from .depth import DepthTask
 from .normal import NormalTask
@@ -26,7 +26,12 @@ TASK_BUILDERS: dict[str, Callable[[object], Task]] = {
 }
 
 
-def build_tasks(names: Sequence[str], dataset) -> dict[str, Task]:
+def build_tasks(names: Sequence[str], dataset,
+                score_resolution: str = "input") -> dict[str, Task]:
+    """The tasks ``names`` for ``dataset``; ``score_resolution`` (one of SCORE_RESOLUTIONS) is
+    where scoring computes their losses."""
+    if score_resolution not in SCORE_RESOLUTIONS:
+        raise UnknownNameError("score resolution", score_resolution, SCORE_RESOLUTIONS)
     for name in names:
         if name not in TASK_BUILDERS:
             raise UnknownNameError("task", name, TASK_BUILDERS)
@@ -36,8 +41,11 @@ def build_tasks(names: Sequence[str], dataset) -> dict[str, Task]:
         if missing:
             raise PrunekitError(f"the dataset has no targets for task(s) {', '.join(missing)}; "
                                 f"its tasks: {', '.join(offered)} (see --tasks)")
-    return {name: TASK_BUILDERS[name](dataset) for name in names}
+    tasks = {name: TASK_BUILDERS[name](dataset) for name in names}
+    for task in tasks.values():
+        task.score_resolution = score_resolution
+    return tasks
 
 
-__all__ = ["Task", "Meter", "SegmentationTask", "DepthTask", "NormalTask", "DenseL1Task",
+__all__ = ["Task", "Meter", "SCORE_RESOLUTIONS", "nearest_resized", "SegmentationTask", "DepthTask", "NormalTask", "DenseL1Task",
            "TASK_BUILDERS", "build_tasks"]

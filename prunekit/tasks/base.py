@@ -4,6 +4,11 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
+
+# Where a scoring loss compares prediction and target: at the input's size (the model's
+# upsampled prediction) or at the network's own output size (the DiSparse code's losses).
+SCORE_RESOLUTIONS = ("input", "output")
 
 
 class Meter(ABC):
@@ -22,6 +27,8 @@ class Task(ABC):
     name: str
     # metric name -> True when a higher value is better (the sign used in Delta_T)
     higher_is_better: ClassVar[dict[str, bool]]
+    # one of SCORE_RESOLUTIONS: where scoring computes this task's loss (training never reads it)
+    score_resolution: str = "input"
 
     @property
     @abstractmethod
@@ -42,3 +49,14 @@ def masked_l1(prediction: torch.Tensor, target: torch.Tensor,
     if not valid.any():
         return prediction.sum() * 0.0
     return (prediction[valid] - target[valid]).abs().mean()
+
+
+def nearest_resized(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``target`` ([N, H, W] labels or [N, C, H, W] maps) at ``size`` by nearest neighbour, as
+    the DiSparse code shrinks its targets (``F.interpolate``'s default mode): every value is one
+    of the target's own, so labels, ignore marks and NaN stay what they are."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    planes = target[:, None] if target.dim() == 3 else target
+    resized = F.interpolate(planes.float(), size=tuple(size), mode="nearest").to(target.dtype)
+    return resized[:, 0] if target.dim() == 3 else resized
