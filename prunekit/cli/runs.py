@@ -1,4 +1,5 @@
-"""``prunekit run`` (one run, resumed, or launched on several processes) and ``compare``."""
+"""``prunekit run`` (one run, resumed, or launched on several processes), ``compare`` and
+``presets``."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ from ..core import distributed
 from ..core.batch import no_progress
 from ..errors import PrunekitError
 from ..pipeline import modes
+from ..pipeline.config_file import find_preset, presets
 from ..pipeline.engine import Run, RunResult, resume_run, run
 from ..pipeline.report import format_summary
 from ..training.resume import read_resume
@@ -39,6 +41,9 @@ from .options import (DATA_AND_TRAINING_OPTIONS, DEFAULTS, METHOD_OPTIONS, MODE_
 @click.option("--config", "config_file", default=None, metavar="FILE",
               help="Settings from a JSON or TOML file, keyed by the long option names "
                    "(score_batches or score-batches); options typed here win.")
+@click.option("--preset", default=None, metavar="NAME",
+              help="A shipped paper configuration (see `prunekit presets`): settings from "
+                   "configs/NAME.toml; options typed here win.")
 @click.option("--resume", "resume_dir", default=None, metavar="DIR",
               help="Go on with the stopped run in DIR from its last checkpoint, with its own "
                    "settings.")
@@ -46,13 +51,17 @@ from .options import (DATA_AND_TRAINING_OPTIONS, DEFAULTS, METHOD_OPTIONS, MODE_
               help="Processes to run on: launches torchrun (gloo on CPU, NCCL on CUDA); scoring "
                    "batches are shared out and training is data-parallel.")
 @click.pass_context
-def run_command(ctx, quick, progress, config_file, resume_dir, nproc, **options):
+def run_command(ctx, quick, progress, config_file, preset, resume_dir, nproc, **options):
     """Prune a multi-task model, train it sparse and report per-task metrics."""
     if resume_dir is not None:
-        if config_file:
+        if config_file or preset:
             raise PrunekitError("--resume goes on with the stopped run's own settings; leave "
-                                "out --config")
+                                f"out {'--config' if config_file else '--preset'}")
         return resume_command(ctx, quick, progress, resume_dir, nproc, options)
+    if preset:
+        if config_file:
+            raise PrunekitError("give --config FILE or --preset NAME, not both")
+        config_file = find_preset(preset).path
     config = config_from(ctx, quick, options, config_file)
     if nproc > 1:
         if distributed.launched():
@@ -87,6 +96,15 @@ def print_result(result: RunResult) -> None:
         return
     click.echo(format_summary(result.report))
     click.echo(f"\nwrote {result.out_dir / 'report.json'} and {result.out_dir / 'checkpoint.pt'}")
+
+
+@cli.command("presets")
+def presets_command():
+    """List the shipped paper configurations: name, command, what each reproduces."""
+    shipped = presets()
+    width = max(len(p.name) for p in shipped)
+    for found in shipped:
+        click.echo(f"{found.name:<{width}}  prunekit {found.command:<10}  {found.summary}")
 
 
 @cli.command("compare")

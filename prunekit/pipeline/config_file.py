@@ -3,6 +3,10 @@
 The keys are RunConfig's fields, spelt with underscores or dashes as the long options are
 (``score_batches`` or ``score-batches``). Every key and value is checked against RunConfig before
 anything runs: an unknown key or a value of the wrong type is one clear error.
+
+Presets are such files shipped in ``configs/`` (``prunekit run --preset NAME``, listed by
+``prunekit presets``): the first comment line is the summary, and a ``# command: NAME`` line
+marks a preset for another command than ``prunekit run``, whose keys are that command's options.
 """
 from __future__ import annotations
 
@@ -11,10 +15,11 @@ import json
 import tomllib
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import PrunekitError, one_line
+from ..errors import PrunekitError, UnknownNameError, one_line
 from .config import RunConfig
 
 FIELD_TYPES = typing.get_type_hints(RunConfig)
@@ -121,3 +126,61 @@ def describe(hint: Any) -> str:
 
 PLURALS = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
 
+
+
+# Shipped presets: configs/NAME.toml at the top of the repository, beside the package.
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
+COMMAND_LINE = "# command:"  # a preset for another command than `prunekit run` says which
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A shipped settings file: its name, the command it is for and its one-line summary (the
+    file's first comment line)."""
+
+    name: str
+    command: str
+    summary: str
+    path: Path
+
+
+def presets() -> list[Preset]:
+    """Every shipped preset, by name."""
+    return [read_preset_header(path) for path in sorted(PRESETS_DIR.glob("*.toml"))]
+
+
+def read_preset_header(path: Path) -> Preset:
+    comments = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        comments.append(line)
+    commands = [c.removeprefix(COMMAND_LINE).strip() for c in comments
+                if c.startswith(COMMAND_LINE)]
+    summary = comments[0].lstrip("# ").strip() if comments else ""
+    return Preset(path.stem, commands[0] if commands else "run", summary, path)
+
+
+def find_preset(name: str, command: str = "run") -> Preset:
+    """The shipped preset ``name``, which must be one for ``prunekit COMMAND``."""
+    known = {p.name: p for p in presets()}
+    if name not in known:
+        raise UnknownNameError("preset", name, known)
+    found = known[name]
+    if found.command != command:
+        raise PrunekitError(f"preset {name!r} is for prunekit {found.command}, not prunekit "
+                            f"{command}; type: {command_line(found)}")
+    return found
+
+
+def command_line(found: Preset) -> str:
+    """The command a preset stands for, with its settings as options."""
+    options = []
+    for key, value in parse(found.path).items():
+        option = f"--{key.replace('_', '-')}"
+        if value is True:
+            options.append(option)
+        elif value is not False:
+            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            options.append(f"{option} {text}")
+    return " ".join(["prunekit", found.command, *options])

@@ -1,0 +1,94 @@
+"""The shipped paper configurations (configs/*.toml): every one valid, listed, and usable."""
+import json
+
+import pytest
+
+from prunekit.cli.base import cli
+from prunekit.cli.options import DEFAULTS
+from prunekit.pipeline.config import RunConfig
+from prunekit.pipeline.config_file import (PRESETS_DIR, command_line, find_preset, parse,
+                                           presets, read_config_file)
+from prunekit.pipeline.engine import Run
+from prunekit.core.batch import no_progress
+
+from helpers import invoke
+
+SHIPPED = presets()
+RUN_PRESETS = [p for p in SHIPPED if p.command == "run"]
+OTHER_PRESETS = [p for p in SHIPPED if p.command != "run"]
+
+
+def test_every_seed_has_its_presets():
+    names = {p.name for p in SHIPPED}
+    for setting in ("static", "pretrained", "dynamic"):
+        for data in ("nyuv2", "cityscapes", "taskonomy"):
+            assert f"disparse-{setting}-{data}" in names
+    assert {"adapmtl-nyuv2", "taylor-nyuv2", "cosprune-nyuv2", "watershed-nyuv2",
+            "similarity-taskonomy", "group-taskonomy"} <= names
+
+
+@pytest.mark.parametrize("found", RUN_PRESETS, ids=lambda p: p.name)
+def test_a_run_preset_builds_a_valid_config_with_known_plugins(found):
+    config = RunConfig(**{**DEFAULTS, **read_config_file(found.path)})
+    Run(config, no_progress).check()  # validate, plugins by name, the mode's own checks
+    assert config.dataset != "synthetic" and config.width == 1.0
+    assert found.summary
+
+
+@pytest.mark.parametrize("found", OTHER_PRESETS, ids=lambda p: p.name)
+def test_another_commands_preset_names_only_its_options(found):
+    command = cli.commands[found.command]
+    options = {option.lstrip("-") for param in command.params for option in param.opts}
+    for key in parse(found.path):
+        assert key.replace("_", "-") in options, (found.name, key)
+
+
+def test_disparse_presets_score_as_the_authors_code_does():
+    for found in RUN_PRESETS:
+        if found.name.startswith("disparse-"):
+            settings = read_config_file(found.path)
+            assert settings["score_resolution"] == "output" and settings["batch_size"] == 16
+
+
+def test_presets_lists_each_preset_on_one_line(capsys):
+    code, out, _ = invoke(capsys, "presets")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == [p.name for p in SHIPPED]
+    assert all(f"prunekit {p.command}" in line for p, line in zip(SHIPPED, lines))
+
+
+def test_a_preset_without_its_data_is_the_data_error(capsys, tmp_path):
+    code, _, err = invoke(capsys, "run", "--preset", "disparse-static-nyuv2", "--no-progress",
+                          "--out", str(tmp_path / "r"))
+    assert code == 2
+    assert err.strip() == "prunekit: error: --dataset nyuv2-40 needs --data-root PATH"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "disparse-static"], "unknown preset 'disparse-static'"),
+    (["--preset", "watershed-nyuv2"], "is for prunekit similarity, not prunekit run; type: "
+                                      "prunekit similarity --tasks seg,normal"),
+    (["--preset", "adapmtl-nyuv2", "--config", "x.toml"], "not both")])
+def test_preset_mistakes_are_one_line(capsys, args, message):
+    code, _, err = invoke(capsys, "run", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_typed_options_win_over_the_preset(capsys, tmp_path):
+    code, _, err = invoke(capsys, "run", "--preset", "disparse-static-nyuv2", "--no-progress",
+                          "--dataset", "synthetic", "--width", "0.125", "--image-size", "32x40",
+                          "--iterations", "2", "--score-batches", "1", "--batch-size", "2",
+                          "--val-samples", "4", "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    config = json.loads((tmp_path / "r" / "report.json").read_text())["config"]
+    assert (config["dataset"], config["iterations"], config["score_batches"]) == (
+        "synthetic", 2, 1)
+    assert (config["score_resolution"], config["lr"], config["tasks"]) == (
+        "output", 1e-3, ["seg", "normal"])
+
+
+def test_the_command_line_of_a_preset_reads_back_its_settings():
+    line = command_line(find_preset("group-taskonomy", "group"))
+    assert line == "prunekit group --table-tasks s,d,n,k,e --lower-is-better --budget 3.0"
+    assert PRESETS_DIR.name == "configs"
