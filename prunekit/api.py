@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from .core import contract
-from .errors import PrunekitError
+from .errors import PrunekitError, UnknownNameError
 from .interfaces import INTERFACES, Arbiter, Masks, Plugin, Scorer, ScoringContext, Thresholder
 from .core.layout import MultiTaskLayout, ResolvedLayout
-from .core.pruning import PruneResult, prune, round_sparsities
+from .core.pruning import PruneResult, prune, prune_to_pattern, round_sparsities
+from .core.semi_structured import UNCOVERED_POLICIES, Pattern
 from .registry import Registry, default_registry
 from .tasks import Task
 from .core.batch import Progress, check_loss, no_progress
@@ -53,6 +54,12 @@ def check_scope(thresholder: Thresholder, scope: str | None) -> None:
                             f"{' or '.join(thresholder.scopes)}, not {scope!r}")
 
 
+def check_uncovered(policy: str) -> None:
+    if policy not in UNCOVERED_POLICIES:
+        raise UnknownNameError("policy for tensors the pattern cannot cover", policy,
+                               UNCOVERED_POLICIES)
+
+
 def check_arbiter(scorer: Scorer, arbiter: Arbiter, num_tasks: int) -> None:
     if scorer.per_task and num_tasks < arbiter.min_tasks:
         raise PrunekitError(f"arbiter {arbiter.name!r} needs at least {arbiter.min_tasks} tasks, "
@@ -67,7 +74,9 @@ def compute_masks(model: nn.Module, layout: MultiTaskLayout | ResolvedLayout,
                   registry: Registry | None = None,
                   progress: Progress = no_progress, seed: int = 0, scope: str | None = None,
                   within: Masks | None = None,
-                  input_shape: tuple[int, ...] | None = None) -> PruneResult:
+                  input_shape: tuple[int, ...] | None = None,
+                  pattern: str | Pattern | None = None, keep: int | None = None,
+                  uncovered: str = "dense") -> PruneResult:
     """Score, threshold and merge: the masks at ``sparsity`` for every prunable tensor.
 
     The result also holds each task's own masks and the seconds spent scoring and pruning.
@@ -81,7 +90,16 @@ def compute_masks(model: nn.Module, layout: MultiTaskLayout | ResolvedLayout,
     A scorer declaring ``rounds > 1`` is run round after round, the weights pruned so far
     zeroed while it scores. With ``compensate`` (or a joint scorer) masks that miss
     ``sparsity`` by more than ``contract.SPARSITY_TOLERANCE`` are an error naming the plugins.
+
+    ``pattern`` ("2:4", any N:M) replaces the thresholder and ``sparsity``: every task keeps
+    ``keep`` (default N) of each group of M on the tensors the pattern covers, shared tensors
+    are merged keeping the pattern, and ``uncovered`` ("dense" or "unstructured") says what the
+    other tensors do (``prunekit.core.semi_structured``).
     """
+    if pattern is not None:
+        pattern = pattern if isinstance(pattern, Pattern) else Pattern.parse(pattern)
+        check_uncovered(uncovered)
+        sparsity = 1.0 - (pattern.n if keep is None else keep) / pattern.m
     check_sparsity(sparsity)
     scorer = resolve("scorer", scorer, registry)
     arbiter = resolve("arbiter", arbiter, registry)
@@ -103,12 +121,16 @@ def compute_masks(model: nn.Module, layout: MultiTaskLayout | ResolvedLayout,
         with pruned_weights_zeroed(resolved, alive):
             saliency = contract.score(scorer, dataclasses.replace(context, round=number))
         scored = time.perf_counter()
-        result = prune(saliency, resolved, thresholder, merger, round_sparsity, compensate,
-                       scope, alive)
+        if pattern is None:
+            result = prune(saliency, resolved, thresholder, merger, round_sparsity, compensate,
+                           scope, alive)
+        else:  # the pattern fixes the sparsity; the rounds rescore between prunes
+            result = prune_to_pattern(saliency, resolved, merger, pattern, keep, uncovered,
+                                      alive)
         timings["scoring"] += scored - started
         timings["pruning"] += time.perf_counter() - scored
     result.timings = timings
-    if compensate or not scorer.per_task:
+    if pattern is None and (compensate or not scorer.per_task):
         contract.check_sparsity_reached(sparsity, result.achieved,
                                         [p for p in (scorer, thresholder, merger) if p])
     return result

@@ -74,6 +74,13 @@ METHOD_OPTIONS = options(
                  help="Thresholder scope: global or layer [default: the thresholder's]."),
     click.option("--sparsity", type=float, default=DEFAULTS["sparsity"], show_default=True,
                  help="Fraction of prunable weights to remove, in (0, 1)."),
+    click.option("--pattern", default=None, metavar="N:M",
+                 help="Semi-structured sparsity: keep N of every M consecutive weights along "
+                      "each output row's reduction (2:4 runs in hardware on recent GPUs); "
+                      "replaces --sparsity and the thresholder (see docs/methods.md)."),
+    click.option("--uncovered", default=DEFAULTS["uncovered"], show_default=True,
+                 help="With --pattern, tensors it cannot cover (reduction length not a multiple "
+                      "of M): dense, or unstructured (the same share kept by plain top-k)."),
     click.option("--compensate/--no-compensate", default=DEFAULTS["compensate"],
                  show_default=True,
                  help="Adjust the per-task keep ratio so the merged model hits --sparsity."),

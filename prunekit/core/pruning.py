@@ -3,6 +3,10 @@
 The union of K per-task masks on the shared tensors keeps more than each task asked for, so the
 model ends up denser than requested. With ``compensate`` (the default) a bisection finds the
 per-task keep ratio at which the achieved overall sparsity matches the requested one.
+
+With an N:M pattern (``prune_to_pattern``) every task keeps ``keep`` of each group of M on the
+tensors the pattern covers, and the merge keeps the pattern (``semi_structured.keep_pattern``);
+the pattern fixes the sparsity, so nothing is bisected.
 """
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ import torch
 from . import contract
 from ..errors import PrunekitError
 from ..interfaces import JOINT, Arbiter, Masks, Saliency, Thresholder
+from ..ops import topk_mask
 from .layout import ResolvedLayout
 from .masks import density
+from .semi_structured import Pattern, coverage, keep_pattern, merge_priority, nm_mask
 
 COMPENSATION_TOLERANCE = 5e-4  # stop the bisection within 0.05 points of the target density
 MAX_BISECTION_STEPS = 40
@@ -133,4 +139,50 @@ def prune(saliency: Saliency, layout: ResolvedLayout, thresholder: Thresholder,
                 low = ratio
     keep_ratio, task_masks, masks, achieved_density = best
     return PruneResult(masks, task_masks, keep_ratio, sparsity, 1.0 - achieved_density, steps,
+                       saliency=saliency)
+
+
+def prune_to_pattern(saliency: Saliency, layout: ResolvedLayout, arbiter: Arbiter | None,
+                     pattern: Pattern, keep: int | None = None, uncovered: str = "dense",
+                     within: Masks | None = None) -> PruneResult:
+    """Masks keeping ``keep`` (default ``pattern.n``) of every ``pattern.m`` weights in the
+    tensors the pattern covers; the others stay dense or, with ``uncovered="unstructured"``,
+    keep the same share by plain top-k of the tensor. On shared tensors the arbiter's merge is
+    trimmed to the pattern (or to that share) by the tasks' summed normalised saliency."""
+    check_finite(saliency)
+    keep = pattern.n if keep is None else keep
+    covered, _ = coverage(layout.params, pattern.m)
+    covered = set(covered)
+    ranked = ranked_last_outside(saliency, within)
+
+    def task_mask(scores: torch.Tensor, name: str) -> torch.Tensor:
+        if name in covered:
+            return nm_mask(scores, keep, pattern.m)
+        if uncovered == "dense":
+            return torch.ones_like(scores, dtype=torch.bool)
+        return topk_mask(scores, round(scores.numel() * keep / pattern.m))
+
+    task_masks = {key: {n: task_mask(s, n) for n, s in tensors.items()}
+                  for key, tensors in ranked.items()}
+    if JOINT in saliency:
+        masks = {n: task_masks[JOINT][n] for n in layout.params}
+    elif arbiter is None:
+        raise PrunekitError("per-task saliency needs an arbiter to merge the shared tensors")
+    else:
+        masks = merge_task_masks(task_masks, layout, arbiter)
+        totals = {task: sum(float(s.sum()) for s in tensors.values())
+                  for task, tensors in saliency.items()}
+        for name in layout.shared:
+            if name not in covered and uncovered == "dense":
+                continue
+            priority = merge_priority({t: saliency[t][name] for t in layout.tasks},
+                                      {t: task_masks[t][name] for t in layout.tasks}, totals)
+            if name in covered:
+                masks[name] = keep_pattern(masks[name], priority, keep, pattern.m)
+            else:  # the same share as the pattern's, of what the arbiter kept
+                count = min(int(masks[name].sum()), round(masks[name].numel() * keep / pattern.m))
+                masks[name] = topk_mask(priority.masked_fill(~masks[name], -math.inf), count)
+    masks = restrict(masks, within)
+    achieved = 1.0 - density(masks)
+    return PruneResult(masks, task_masks, keep / pattern.m, 1.0 - keep / pattern.m, achieved,
                        saliency=saliency)

@@ -9,6 +9,10 @@ every tensor keeps exactly its number of active weights.
 With per-task grow scores (``disparse-rigl``) each task proposes its best candidates on a shared
 tensor and the arbiter merges the proposals; the merged set is trimmed, or filled, to exactly the
 number dropped by the sum of the tasks' scores. Heads grow by their own task's score.
+
+With an N:M pattern, each tensor the pattern covers grows inside the groups it dropped from, as
+many as each group dropped (``semi_structured.regrow_in_groups``), by the summed grow score of the
+tasks (a head: its task's), so every group keeps its count and the pattern holds.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from . import distributed
 from ..interfaces import JOINT, Arbiter, Saliency, Scorer, ScoringContext
 from .layout import ResolvedLayout
 from .masks import AppliedMasks
+from .semi_structured import Pattern, coverage, regrow_in_groups
 from ..ops import topk_mask
 from ..tasks import Task
 from .batch import check_loss
@@ -97,10 +102,15 @@ class RigLUpdater:
     arbiter: Arbiter
     schedule: RigLSchedule
     seed: int = 0
+    pattern: Pattern | None = None
     updates: int = 0
     regrown: int = 0
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.covered = (set(coverage(self.layout.params, self.pattern.m)[0]) if self.pattern
+                        else set())
 
     def state_dict(self) -> dict:
         """The counts and history a resumed run goes on from (the masks are the run's)."""
@@ -134,6 +144,14 @@ class RigLUpdater:
         return merged_growth(proposals, torch.stack(scores).sum(0), candidates, count,
                              self.arbiter, name)
 
+    def summed_score(self, name: str, saliency: Saliency) -> torch.Tensor:
+        """The grow score of ``name``: the joint one, a head's task's, or the tasks' sum."""
+        if JOINT in saliency:
+            return saliency[JOINT][name]
+        if name not in self.layout.shared:
+            return saliency[self.layout.owner(name)][name]
+        return torch.stack([saliency[task][name] for task in self.layout.tasks]).sum(0)
+
     @torch.no_grad()
     def update(self, step: int, batch: dict, optimiser: torch.optim.Optimizer) -> None:
         fraction = self.schedule.drop_fraction(step)
@@ -148,7 +166,12 @@ class RigLUpdater:
                 continue
             candidates = ~mask  # inactive before the drop: what was just dropped cannot regrow
             dropped = weakest(params[name], mask, count)
-            updated = mask & ~dropped | self.growth(name, saliency, candidates, count)
+            if name in self.covered:
+                grow = regrow_in_groups(self.summed_score(name, saliency), candidates, dropped,
+                                        self.pattern.m)
+            else:
+                grow = self.growth(name, saliency, candidates, count)
+            updated = mask & ~dropped | grow
             distributed.from_writer([updated])  # under torchrun rank 0 decides for every rank
             grown = updated & ~mask
             mask.copy_(updated)

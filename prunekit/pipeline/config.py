@@ -10,7 +10,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from ..api import check_sparsity
+from ..api import check_sparsity, check_uncovered
+from ..core.semi_structured import Pattern
 from ..errors import PrunekitError, UnknownNameError
 from ..tasks import SCORE_RESOLUTIONS
 
@@ -34,6 +35,8 @@ class RunConfig:
     scope: str | None = None
     sparsity: float = 0.9
     compensate: bool = True          # bisect the per-task keep ratio to hit the sparsity
+    pattern: str | None = None       # N:M semi-structured sparsity, e.g. "2:4" (replaces sparsity)
+    uncovered: str = "dense"         # with a pattern: tensors it cannot cover (dense|unstructured)
     dense: bool = False              # train without pruning (a baseline for Delta_T)
     tasks: tuple[str, ...] = DEFAULT_TASKS
     model: str = "deeplab-resnet34"
@@ -87,6 +90,9 @@ class RunConfig:
                                 f"{'x'.join(map(str, self.image_size))}")
         if not self.dense:
             check_sparsity(self.sparsity)
+        if self.pattern is not None:
+            Pattern.parse(self.pattern)
+            check_uncovered(self.uncovered)
         if not self.tasks:
             raise PrunekitError("give at least one task")
         if len(set(self.tasks)) != len(self.tasks):

@@ -71,9 +71,21 @@ def format_summary(report: dict) -> str:
                  f"{sparsity['achieved']:.3f}  (shared {sparsity['shared']:.3f}, {heads})")
     if "structured" in report:
         lines.append(format_structured(report["structured"]))
+    if "pattern" in report:
+        lines.append(format_pattern(report["pattern"]))
     lines.append("time      " + "  ".join(f"{phase} {seconds:.1f}s"
                                           for phase, seconds in report["timings"].items()))
     return "\n".join(lines)
+
+
+def format_pattern(record: dict) -> str:
+    """The N:M pattern's coverage: how many tensors hold it, which do not and what they did."""
+    uncovered = record["uncovered"]
+    line = f"pattern   {record['pattern']} in {len(record['covered'])} tensors"
+    if uncovered:
+        line += (f"; {len(uncovered)} uncovered ({record['uncovered_policy']}): "
+                 + ", ".join(list(uncovered)[:3]) + (" ..." if len(uncovered) > 3 else ""))
+    return line
 
 
 def format_structured(record: dict) -> str:

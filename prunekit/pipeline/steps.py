@@ -16,6 +16,7 @@ from ..core import contract, distributed
 from ..core.layout import ResolvedLayout
 from ..core.masks import AppliedMasks
 from ..core.pruning import PruneResult
+from ..core.semi_structured import Pattern
 from ..errors import NonFiniteLossError, PrunekitError, one_line
 from ..files import save_torch
 from ..interfaces import Masks, Scorer
@@ -24,6 +25,7 @@ from ..training.loop import Checkpoints, Resumption, train
 from ..training.resume import FORMAT, RESUME_FILE, KeepsState, RunStopped
 from .context import RunContext
 from .data import Batches
+from .pattern import pattern_record
 from .report import write_report
 
 
@@ -40,28 +42,35 @@ class Steps:
             self.train_phase(None, config.iterations, config.lr, "pretraining")
 
     def prune(self, sparsity: float, scorer: Scorer | None = None,
-              within: Masks | None = None) -> PruneResult:
-        """Score the model as it is now and threshold to ``sparsity`` (inside ``within``).
-        When resuming, a prune the stopped run had made returns its recorded masks."""
+              within: Masks | None = None, keep: int | None = None) -> PruneResult:
+        """Score the model as it is now and threshold to ``sparsity`` (inside ``within``);
+        with ``--pattern`` keep ``keep`` (default N) of every M instead. When resuming, a prune
+        the stopped run had made returns its recorded masks."""
         ctx = self.ctx
         if self.replaying():
             result = self.recorded_prune(len(ctx.prunes))
         else:
-            result = self.compute_prune(sparsity, scorer or ctx.scorer, within)
+            result = self.compute_prune(sparsity, scorer or ctx.scorer, within, keep)
         ctx.prunes.append({"masks": {k: m.cpu() for k, m in result.masks.items()},
                            "keep_ratio": result.keep_ratio, "requested": result.requested,
                            "achieved": result.achieved})
         return result
 
-    def compute_prune(self, sparsity: float, scorer: Scorer, within: Masks | None) -> PruneResult:
+    def compute_prune(self, sparsity: float, scorer: Scorer, within: Masks | None,
+                      keep: int | None = None) -> PruneResult:
         ctx, config = self.ctx, self.ctx.config
         batches = (Batches(ctx.train_loader, config.score_batches, ctx.device, config.seed)
                    if scorer.needs_data else [])
         result = compute_masks(ctx.model, ctx.layout, ctx.tasks, batches, scorer,
                                ctx.arbiter, config.thresholder, sparsity, config.compensate,
                                ctx.device, progress=ctx.progress, seed=config.seed,
-                               scope=config.scope, within=within, input_shape=ctx.input_shape)
-        if abs(result.achieved - sparsity) > contract.SPARSITY_TOLERANCE:  # --no-compensate
+                               scope=config.scope, within=within, input_shape=ctx.input_shape,
+                               pattern=config.pattern, keep=keep, uncovered=config.uncovered)
+        if config.pattern:
+            ctx.report["pattern"] = pattern_record(result, ctx.layout,
+                                                   Pattern.parse(config.pattern),
+                                                   config.uncovered)
+        elif abs(result.achieved - sparsity) > contract.SPARSITY_TOLERANCE:  # --no-compensate
             ctx.warn(f"the merged masks are {result.achieved:.3f} sparse, {sparsity:g} was "
                      "requested: --no-compensate keeps each task's own keep ratio")
         for phase, seconds in result.timings.items():

@@ -15,6 +15,7 @@ from prunekit.pipeline.engine import Run, run
 from prunekit.pipeline.config import QUICK, RunConfig
 from prunekit.core.masks import density
 from prunekit.core.pruning import round_sparsities
+from prunekit.core.semi_structured import Pattern, coverage, holds, kept_per_group, round_keeps
 from prunekit.pipeline import modes
 from prunekit.pipeline.modes import MODES
 from prunekit.pipeline.modes.iterative import Iterative
@@ -208,10 +209,11 @@ class FakeIterativeRun:
     def pretrain(self):
         self.move_everything(1.0)
 
-    def prune(self, sparsity, within=None):
+    def prune(self, sparsity, within=None, keep=None):
         # fresh random scores each round: later masks nest in earlier ones only through within
         return compute_masks(self.model, self.layout, self.tasks, [], "random",
-                             sparsity=sparsity, within=within, seed=len(self.phases))
+                             sparsity=sparsity, within=within, seed=len(self.phases),
+                             pattern=self.config.pattern, keep=keep)
 
     def train_phase(self, masks, iterations, lr, phase, after_step=None):
         self.phases.append(SimpleNamespace(
@@ -321,3 +323,19 @@ def test_bad_combinations_are_refused_before_anything_is_written(tmp_path, setti
 def test_a_misspelt_mode_suggests_the_right_one():
     with pytest.raises(PrunekitError, match="did you mean 'static'"):
         run(RunConfig(mode="statc", **QUICK))
+
+
+def test_gradual_nm_rounds_keep_fewer_per_group_each_time_inside_the_last(tiny_model, tasks):
+    fake = FakeIterativeRun(tiny_model, tasks, pattern="2:4")
+    final = Iterative(fake.config, fake.scorer, None, None).execute(fake, fake)
+    covered = coverage(fake.layout.params, 4)[0]
+    keeps = round_keeps(Pattern(2, 4), fake.config.prune_rounds)
+    assert keeps == [3, 2, 2]
+    for phase, keep in zip(fake.phases, keeps):
+        for name in covered:
+            assert (kept_per_group(phase.masks[name], 4) == keep).all(), name
+    for earlier, later in zip(fake.phases, fake.phases[1:]):
+        for name in later.masks:
+            assert not (later.masks[name] & ~earlier.masks[name]).any(), name
+    assert [r["requested"] for r in fake.report["rounds"]] == [0.25, 0.5, 0.5]
+    assert all(holds(final[name], 2, 4) for name in covered)

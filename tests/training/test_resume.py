@@ -62,11 +62,15 @@ SETTINGS = {
     "dense": dict(iterations=6, dense=True),
     "loading workers": dict(iterations=6, workers=1),
     "augmented": dict(iterations=6, workers=1, augment=True),
+    "2:4 iterative": dict(mode="iterative", iterations=2, finetune_iterations=4, prune_rounds=2,
+                          pattern="2:4"),
+    "2:4 dynamic": dict(mode="dynamic", iterations=6, update_interval=2, update_end=1.0,
+                        pattern="2:4"),
 }
 # (settings, which checkpoint the kill follows): checkpoints come every 2 steps of each phase
 CASES = [("static", 2), ("pretrained", 1), ("pretrained", 3), ("iterative", 4),
          ("iterative-rewind", 3), ("dynamic", 2), ("adaptive weights", 1), ("dense", 2),
-         ("loading workers", 2), ("augmented", 2)]
+         ("loading workers", 2), ("augmented", 2), ("2:4 iterative", 3), ("2:4 dynamic", 2)]
 
 
 @pytest.mark.parametrize("name, kill_at", CASES, ids=[f"{n}, kill {k}" for n, k in CASES])

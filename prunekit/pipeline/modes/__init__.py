@@ -119,14 +119,22 @@ def removes_channels(config: RunConfig) -> bool:
 
 
 def ignored_options(config: RunConfig, given: Iterable[str]) -> list[str]:
-    """Those of ``given`` (option names) that only other paths read."""
+    """Those of ``given`` (option names) that only other paths read; ``--sparsity`` when a
+    pattern sets the sparsity instead, ``--uncovered`` without a pattern."""
     specific = TASK_WEIGHTING_OPTIONS.union(*(path.options for path in PATHS))
     read = options_read(config)
-    return [name for name in given if name in specific and name not in read]
+    pattern_only = {"sparsity": bool(config.pattern), "uncovered": not config.pattern}
+    return [name for name in given
+            if name in specific and name not in read or pattern_only.get(name, False)]
 
 
 def ignored_option_warning(config: RunConfig, name: str) -> str:
     """The warning for an option ``ignored_options`` found."""
+    if name == "sparsity":
+        return (f"--sparsity does not apply with --pattern {config.pattern}, which keeps "
+                f"{config.pattern.replace(':', ' of every ')} weights; ignored")
+    if name == "uncovered":
+        return "--uncovered applies to tensors an N:M --pattern cannot cover; without one, ignored"
     method = (f"--scorer {config.scorer}" if removes_channels(config)
               else f"--thresholder {config.thresholder}")
     return (f"--{name.replace('_', '-')} does not apply to --mode {config.mode} with {method}"

@@ -4,10 +4,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ...core.masks import measured_sparsity
+from ...core.semi_structured import Pattern
 from ...errors import PrunekitError
 from ...interfaces import Arbiter, Masks, Scorer, Thresholder
 from ..config import RunConfig
 from ..context import RunContext
+from ..pattern import check_saved_pattern
 from ..steps import Steps
 
 
@@ -25,6 +27,7 @@ class Mode:
     starts_from_checkpoint: ClassVar[bool] = False  # --init-checkpoint replaces pretraining
     resumable: ClassVar[bool] = True          # checkpoints can resume it
     retrains: ClassVar[bool] = False          # reads --retrain-from-scratch
+    takes_pattern: ClassVar[bool] = False     # can keep an N:M --pattern
 
     def __init__(self, config: RunConfig, scorer: Scorer | None, arbiter: Arbiter,
                  thresholder: Thresholder | None):
@@ -45,6 +48,10 @@ class Mode:
                                 f"not {config.mode}")
         if config.rewind:
             self.refuse_rewind()
+        if config.pattern and not self.takes_pattern:
+            raise PrunekitError(f"--pattern keeps N of every M weights of element-wise masks; "
+                                f"the {self.name} path has none (use --mode static, pretrained, "
+                                "dynamic or iterative with a weight scorer)")
         if config.retrain_from_scratch and not self.retrains:
             raise PrunekitError("--retrain-from-scratch re-initialises the architecture that "
                                 "structured pruning found; use it with a filter scorer (taylor, "
@@ -85,9 +92,14 @@ class Mode:
         raise NotImplementedError
 
     def requested_sparsity(self) -> float | None:
+        if self.config.pattern:
+            return Pattern.parse(self.config.pattern).sparsity
         return self.config.sparsity
 
     def sparsity(self, ctx: RunContext, checkpoint: dict) -> dict:
         """The report's sparsity, counted from the weights as saved, never taken from a
-        plugin."""
+        plugin; with a pattern, the pattern is checked in them too."""
+        if self.config.pattern:
+            check_saved_pattern(checkpoint["model"], ctx.report["pattern"]["covered"],
+                                Pattern.parse(self.config.pattern))
         return measured_sparsity(checkpoint["model"], checkpoint["masks"], ctx.layout)

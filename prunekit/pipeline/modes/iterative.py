@@ -1,11 +1,13 @@
 """``--mode iterative``: train dense, then prune a share and fine-tune, round after round,
 until the sparsity is reached; ``--rewind`` resets the survivors to their initial values each
-round and retrains them at ``--lr`` (lottery tickets)."""
+round and retrains them at ``--lr`` (lottery tickets). With ``--pattern N:M`` the rounds keep
+fewer weights of every group of M each time, down to N (gradual N:M pruning)."""
 from __future__ import annotations
 
 from ...api import check_arbiter
 from ...core.masks import AppliedMasks
 from ...core.pruning import round_sparsities
+from ...core.semi_structured import Pattern, round_keeps
 from ...errors import PrunekitError
 from ...interfaces import Masks
 from ..config import RunConfig
@@ -18,6 +20,7 @@ from .pretrained import FINE_TUNING
 class Iterative(Mode):
     name = "iterative"
     default_scorer, default_thresholder = "magnitude", "topk"
+    takes_pattern = True
     options = FINE_TUNING | {"prune_rounds"}
     starts_from_checkpoint = True
 
@@ -43,9 +46,8 @@ class Iterative(Mode):
                    if config.rewind else None)
         steps.pretrain()
         masks = None
-        for number, sparsity in enumerate(round_sparsities(config.sparsity,
-                                                           config.prune_rounds), 1):
-            result = steps.prune(sparsity, within=masks)
+        for number, (sparsity, keep) in enumerate(round_targets(config), 1):
+            result = steps.prune(sparsity, within=masks, keep=keep)
             masks = result.masks
             # ctx.report, not a list held across rounds: a resumed run replaces the report
             ctx.report.setdefault("rounds", []).append(
@@ -58,3 +60,14 @@ class Iterative(Mode):
                 steps.train_phase(AppliedMasks(ctx.model, masks), config.finetune_iterations,
                                   config.finetune_lr, "finetuning")
         return masks
+
+
+def round_targets(config: RunConfig) -> list[tuple[float, int | None]]:
+    """Each round's (sparsity, weights kept per group of M): with a pattern the groups go from
+    M kept down to N in even steps (gradual N:M), else the rounds' sparsities."""
+    if config.pattern:
+        pattern = Pattern.parse(config.pattern)
+        return [(1.0 - keep / pattern.m, keep)
+                for keep in round_keeps(pattern, config.prune_rounds)]
+    return [(sparsity, None) for sparsity in round_sparsities(config.sparsity,
+                                                              config.prune_rounds)]

@@ -15,6 +15,7 @@ FINE_TUNING = frozenset({"finetune_iterations", "finetune_lr"})
 class Pretrained(Mode):
     name = "pretrained"
     default_scorer, default_thresholder = "disparse-gradflow", "topk"
+    takes_pattern = True
     options = FINE_TUNING
     starts_from_checkpoint = True
 

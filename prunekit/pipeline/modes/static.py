@@ -13,6 +13,7 @@ from .base import Mode
 class Static(Mode):
     name = "static"
     default_scorer, default_thresholder = "disparse-snip", "topk"
+    takes_pattern = True
 
     def check(self, ctx: RunContext) -> None:
         check_arbiter(self.scorer, self.arbiter, len(self.config.tasks))
