@@ -6,8 +6,10 @@ import json
 import click
 
 from ..core.batch import no_progress
+from ..errors import PrunekitError
 from .base import cli
-from .options import DEFAULTS, comma_list, echo_err, float_list, given_options, image_size
+from .options import DEFAULTS, comma_list, echo_err, float_list, given_options, image_size, \
+    preset_option, preset_options
 
 
 @cli.command("similarity")
@@ -40,14 +42,16 @@ from .options import DEFAULTS, comma_list, echo_err, float_list, given_options, 
 @click.option("--out", default=None, help="Output folder [default: runs/<time>-similarity].")
 @click.option("--quick", is_flag=True, help="Tiny settings; explicit options still win.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@preset_option
 @click.pass_context
-def similarity_command(ctx, quick, progress, **options):
+def similarity_command(ctx, quick, progress, preset, **options):
     """Which tasks belong together? Compare the tasks' subnetworks at initialisation."""
     from ..core.batch import tqdm_progress
     from ..analysis.similarity_run import QUICK_SIMILARITY, SimilarityConfig, describe_watershed, \
         run_similarity
 
     config = SimilarityConfig(**{**(QUICK_SIMILARITY if quick else {}),
+                                 **preset_options(ctx, preset),
                                  **given_options(ctx, options)})
     record, out, table = run_similarity(config, tqdm_progress if progress else no_progress)
     click.echo(table, nl=False)
@@ -95,13 +99,18 @@ def similarity_command(ctx, quick, progress, **options):
 @click.option("--estimate-groups", is_flag=True,
               help="Estimate every group of 3+ tasks from its pairs, even where measured (the "
                    "paper's higher-order approximation setting).")
-@click.option("--budget", type=float, required=True,
-              help="Networks to train, in units of one full network.")
+@click.option("--budget", type=float, default=None,
+              help="Networks to train, in units of one full network (required).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def group_command(as_json, **options):
+@preset_option
+@click.pass_context
+def group_command(ctx, as_json, preset, **options):
     """Choose which tasks to train together within a budget (exact search)."""
     from ..analysis.grouping_run import GroupOptions, choose_groups, format_grouping
 
+    options = {**options, **preset_options(ctx, preset), **given_options(ctx, options)}
+    if options["budget"] is None:
+        raise PrunekitError("give --budget: the networks to train, in units of one full network")
     result = choose_groups(GroupOptions(**options),
                            warn=lambda message: echo_err(f"warning: {message}"))
     click.echo(json.dumps(result, indent=2) if as_json else format_grouping(result))

@@ -6,7 +6,8 @@ import dataclasses
 import click
 from click.core import ParameterSource
 
-from ..pipeline.config_file import read_config_file
+from ..errors import PrunekitError
+from ..pipeline.config_file import find_preset, parse, read_config_file
 from ..pipeline.config import QUICK, RunConfig
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
@@ -182,6 +183,32 @@ MODE_OPTIONS = options(
     click.option("--progress/--no-progress", default=True, show_default=True,
                  help="Progress bars on stderr."),
 )
+
+
+def preset_option(command):
+    """``--preset NAME`` for a command whose presets hold its own options (similarity, group)."""
+    return click.option("--preset", default=None, metavar="NAME",
+                        help="A shipped paper configuration (see `prunekit presets`); options "
+                             "typed here win.")(command)
+
+
+def preset_options(ctx, name: str | None) -> dict:
+    """The settings of the shipped preset ``name`` for ``ctx``'s command, keyed by parameter
+    name; {} without a preset. A key the command has no option for is an error."""
+    if name is None:
+        return {}
+    preset = find_preset(name, ctx.command.name)
+    parameters = {option.lstrip("-").replace("-", "_"): parameter.name
+                  for parameter in ctx.command.params for option in parameter.opts
+                  if option.startswith("--")}
+    settings = {}
+    for key, value in parse(preset.path).items():
+        key = key.replace("-", "_")
+        if key not in parameters:
+            raise PrunekitError(f"preset {name!r}: prunekit {ctx.command.name} has no option "
+                                f"--{key.replace('_', '-')}")
+        settings[parameters[key]] = tuple(value) if isinstance(value, list) else value
+    return settings
 
 
 def given_options(ctx, options: dict) -> dict:

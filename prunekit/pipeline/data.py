@@ -12,7 +12,6 @@ from ..core import distributed
 from ..core.batch import to_device
 from ..data.augment import Augmented, SeededSampler
 from ..errors import PrunekitError
-from ..interfaces import Scorer
 from .config import RunConfig
 
 BATCH_SEEDS = 1_000_003  # scoring batch i of seed s draws from seed s * BATCH_SEEDS + i
@@ -130,14 +129,6 @@ def check_not_empty(dataset: str, split: str, samples: int) -> None:
     if samples == 0:
         raise PrunekitError(f"dataset {dataset}, split {split}: no samples, so no batches; "
                             "check --data-root and the dataset's split files")
-
-
-def reads_score_batches(config: RunConfig, scorer: Scorer | None) -> bool:
-    """Whether the run scores on --score-batches batches: an element scorer that reads data,
-    outside dynamic mode (whose initial masks are random and whose grow scores read each
-    update's one training batch); filter scorers score each training step's batch instead."""
-    return (scorer is not None and scorer.needs_data and scorer.granularity == "element"
-            and config.mode != "dynamic")
 
 
 def small_data_warnings(config: RunConfig, train_samples: int, val_samples: int,

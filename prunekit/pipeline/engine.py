@@ -38,7 +38,7 @@ from . import modes
 from .config import RunConfig
 from .context import RunContext
 from .data import (baseline_differences, check_not_empty, data_record, evaluation_subset,
-                   loader, reads_score_batches, resolve_device, small_data_warnings)
+                   loader, resolve_device, small_data_warnings)
 from .outputs import (CHECKPOINT, INCOMPLETE_REPORT, REPORT, check_checkpoint_path,
                       check_out_dir, checkpoint_contents, fresh_run_dir, holds_complete_run,
                       load_weights, print_warning)
@@ -144,7 +144,7 @@ class Run:
                 ctx.warn(difference)
         train_set = self.mode.training_split(ctx, train_set)
         for message in small_data_warnings(config, len(train_set), len(val_split),
-                                           reads_score_batches(config, ctx.scorer)):
+                                           self.mode.reads_score_batches()):
             ctx.warn(message)
         if config.augment:
             train_set = Augmented(train_set)

@@ -92,3 +92,24 @@ def test_the_command_line_of_a_preset_reads_back_its_settings():
     line = command_line(find_preset("group-taskonomy", "group"))
     assert line == "prunekit group --table-tasks s,d,n,k,e --lower-is-better --budget 3.0"
     assert PRESETS_DIR.name == "configs"
+
+
+def test_group_and_similarity_take_their_presets(capsys, tmp_path):
+    """The group preset's columns, budget and loss direction apply to a table given beside it;
+    a typed --budget wins; a run preset is refused by similarity."""
+    half, alone = "\t".join(["1.0"] * 5), ["\t" * i + "0.9" + "\t" * (4 - i) for i in range(5)]
+    pair = ["0.5\t0.5\t\t\t"]  # s and d train well together (lower is better)
+    (tmp_path / "val.txt").write_text("\n".join([half, *alone, *pair]) + "\n")
+    code, out, err = invoke(capsys, "group", "--preset", "group-taskonomy", "--table",
+                            str(tmp_path / "val.txt"), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["budget"] == 3.0 and sorted(result["tasks"]) == sorted("sdnke")
+    assert ["d", "s"] in [sorted(network["tasks"]) for network in result["networks"]]
+    code, out, err = invoke(capsys, "group", "--preset", "group-taskonomy", "--table",
+                            str(tmp_path / "val.txt"), "--budget", "5", "--json")
+    assert code == 0 and json.loads(out)["budget"] == 5.0
+    code, _, err = invoke(capsys, "similarity", "--preset", "disparse-static-nyuv2")
+    assert code == 2 and "is for prunekit run, not prunekit similarity" in err
+    code, _, err = invoke(capsys, "similarity", "--preset", "watershed-nyuv2")
+    assert code == 2 and err.strip() == "prunekit: error: --dataset nyuv2-40 needs --data-root PATH"

@@ -5,14 +5,10 @@ import pytest
 
 from prunekit.errors import PrunekitError
 from prunekit.pipeline.config import RunConfig
-from prunekit.pipeline.data import check_not_empty, reads_score_batches, small_data_warnings
-from prunekit.registry import default_registry
+from prunekit.pipeline import modes
+from prunekit.pipeline.data import check_not_empty, small_data_warnings
 
 from helpers import invoke, write_nyuv2
-
-
-def scorer(name):
-    return default_registry().get("scorer", name)
 
 
 def test_enough_data_gives_no_warning():
@@ -47,11 +43,14 @@ def test_val_samples_zero_asks_for_the_whole_split():
     ("static", "magnitude", False), ("dynamic", "disparse-rigl", False),
     ("iterative", "taylor", False)])
 def test_which_runs_read_the_scoring_batches(mode, name, reads):
-    assert reads_score_batches(RunConfig(mode=mode), scorer(name)) is reads
+    config = modes.resolved(RunConfig(mode=mode, scorer=name))
+    assert modes.select(config).reads_score_batches() is reads
 
 
 def test_no_scorer_reads_no_scoring_batches():
-    assert not reads_score_batches(RunConfig(dense=True), None)
+    assert not modes.select(modes.resolved(RunConfig(dense=True))).reads_score_batches()
+    learned = modes.resolved(RunConfig(thresholder="soft-threshold"))
+    assert not modes.select(learned).reads_score_batches()
 
 
 def test_an_empty_split_is_an_error():

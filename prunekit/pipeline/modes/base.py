@@ -63,6 +63,10 @@ class Mode:
     def check(self, ctx: RunContext) -> None:
         """Checks with the plugins resolved, before anything is built."""
 
+    def reads_score_batches(self) -> bool:
+        """Whether the run scores on ``--score-batches`` training batches."""
+        return self.scorer is not None and self.scorer.needs_data
+
     def one_process_reason(self) -> str | None:
         """Why the mode cannot run under torchrun, if it cannot."""
         return None

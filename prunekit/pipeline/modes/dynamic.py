@@ -26,6 +26,9 @@ class Dynamic(Mode):
     takes_pattern = True
     options = frozenset({"update_interval", "update_end", "drop_fraction"})
 
+    def reads_score_batches(self) -> bool:
+        return False  # random initial masks; each update's grow score reads its own batch
+
     def check(self, ctx: RunContext) -> None:
         config = self.config
         check_arbiter(self.scorer, self.arbiter, len(config.tasks))

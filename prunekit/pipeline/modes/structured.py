@@ -61,6 +61,9 @@ class Structured(Mode):
         return ("structured pruning (a filter scorer) removes channels while training and runs "
                 "in one process; drop --nproc / torchrun")
 
+    def reads_score_batches(self) -> bool:
+        return False  # channels are scored on each training step's batch
+
     def plugins_used(self) -> dict[str, str]:
         return {"scorer": self.config.scorer}
 
