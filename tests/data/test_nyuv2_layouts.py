@@ -211,7 +211,9 @@ def test_cli_runs_on_the_json_layout(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["run", "--quick", "--no-progress", "--dataset", "nyuv2", "--data-root", str(root),
               "--image-size", "16x20", "--out", str(tmp_path / "run")])
-    assert exit_.value.code == 0, capsys.readouterr().err
+    first = capsys.readouterr()
+    assert exit_.value.code == 0, first.err
+    assert "split val: 2 samples, fewer than --val-samples 4" in first.err  # --quick asks 4
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["config"]["dataset"] == "nyuv2"
     assert report["data"] == {"loader": "NYUv2Json", "image_size": [16, 20], "train_samples": 4,
