@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from ..core import distributed
 from ..core.batch import Progress, check_loss, no_progress, to_device
 from ..core.masks import AppliedMasks
-from .task_weighting import AdaptiveTaskWeights
+from .task_weighting import AdaptiveTaskWeights, combined_weights
 from ..tasks import Task
 
 # after_step(step, batch, optimiser): called after every optimiser step (dynamic sparse training)
@@ -73,6 +73,28 @@ class Epochs:
             epoch = self.next_epoch()
 
 
+LR_SCHEDULES = ("cosine", "step")
+
+
+@dataclass(frozen=True)
+class OptimiserSettings:
+    """What every training phase's Adam does besides its learning rate: weight decay on the
+    model's weights (parameter groups of ``extra_groups`` keep their own) and the schedule,
+    ``cosine`` (decayed to zero over the phase) or ``step`` (times ``step_factor`` every
+    ``step_every`` steps of the phase)."""
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    step_every: int | None = None
+    step_factor: float | None = None
+
+    def scheduler(self, optimiser: torch.optim.Optimizer,
+                  iterations: int) -> torch.optim.lr_scheduler.LRScheduler:
+        if self.lr_schedule == "step":
+            return torch.optim.lr_scheduler.StepLR(optimiser, step_size=self.step_every,
+                                                   gamma=self.step_factor)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(iterations, 1))
+
+
 @dataclass
 class Resumption:
     """Where a training phase restarts: its steps done, optimiser and schedule states, losses so
@@ -113,25 +135,29 @@ def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, itera
           after_step: AfterStep | None = None,
           extra_groups: list[dict] | None = None,
           task_weights: AdaptiveTaskWeights | None = None,
+          loss_weights: Mapping[str, float] | None = None,
+          settings: OptimiserSettings = OptimiserSettings(),
           resume: Resumption | None = None,
           checkpoints: Checkpoints | None = None) -> list[dict[str, float]]:
-    """Adam on the summed task losses with cosine learning-rate decay.
+    """Adam on the summed task losses, its learning rate scheduled by ``settings`` (cosine
+    decay by default).
 
     With ``masks``, pruned weights get zero gradients and are re-zeroed after each step, so they
     stay exactly zero. ``label`` names the phase in progress bars and errors. ``extra_groups``
     are Adam parameter groups with their own settings (learnable thresholds); every other
-    parameter trains at ``lr``. With ``task_weights`` the sum is weighted by its current weights,
-    and each step's losses update them. ``resume`` continues a phase a stopped run had begun;
-    ``checkpoints`` is asked after every step whether to write one. Returns the per-task losses
-    of every step.
+    parameter trains at ``lr`` with ``settings.weight_decay``. Each task's loss is multiplied by
+    its fixed weight in ``loss_weights`` (1 for a task not named) and, with ``task_weights``,
+    by its current adaptive weight; each step's losses update those. ``resume`` continues a
+    phase a stopped run had begun; ``checkpoints`` is asked after every step whether to write
+    one. Returns the per-task (unweighted) losses of every step.
     """
     model.train()
     extra_groups = extra_groups or []
     special = {id(p) for group in extra_groups for p in group["params"]}
-    optimiser = torch.optim.Adam(
-        [{"params": [p for p in model.parameters() if id(p) not in special]}, *extra_groups],
-        lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(iterations, 1))
+    weights = {"params": [p for p in model.parameters() if id(p) not in special],
+               "weight_decay": settings.weight_decay}
+    optimiser = torch.optim.Adam([weights, *extra_groups], lr=lr)
+    schedule = settings.scheduler(optimiser, iterations)
     history, first = [], 0
     epochs = Epochs(loader, device, resume.batches if resume else None)
     if resume is not None:
@@ -147,7 +173,7 @@ def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, itera
         for name, loss in losses.items():
             check_loss(name, loss, f"{label} step {step}")
         optimiser.zero_grad(set_to_none=True)
-        weights = task_weights.weights if task_weights else {}
+        weights = combined_weights(loss_weights or {}, task_weights)
         sum(weights.get(name, 1.0) * loss for name, loss in losses.items()).backward()
         if masks is not None:
             masks.zero_pruned_gradients()

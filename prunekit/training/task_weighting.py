@@ -1,4 +1,5 @@
-"""Adaptive task-loss weights from each task's loss fluctuation (AdapMTL-style).
+"""Task-loss weights: fixed ones (``fixed_task_weights``, --task-loss-weights) and adaptive ones
+from each task's loss fluctuation (AdapMTL-style); ``combined_weights`` multiplies the two.
 
 Per task t, with its last ``window`` per-step losses L_t(0..n) (n + 1 <= window values):
 
@@ -20,6 +21,8 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 
+from ..errors import PrunekitError
+
 EPS = 1e-12
 
 
@@ -28,6 +31,41 @@ def _finite(value: float, what: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{what} must be finite, got {value}")
     return value
+
+
+def fixed_task_weights(items: Sequence[str], tasks: Sequence[str]) -> dict[str, float]:
+    """Fixed task-loss weights from ``TASK=WEIGHT`` items such as ("seg=1", "normal=20"); a
+    task not named weighs 1. An unknown or repeated task, or a weight that is not a positive
+    finite number, raises PrunekitError."""
+    weights: dict[str, float] = {}
+    for item in items:
+        task, equals, text = item.partition("=")
+        task = task.strip()
+        if not equals or task not in tasks:
+            raise PrunekitError(f"task loss weights: expected TASK=WEIGHT with TASK one of "
+                                f"{','.join(tasks)}, got {item!r}")
+        if task in weights:
+            raise PrunekitError(f"task loss weights: {task} is given twice")
+        try:
+            weight = float(text)
+        except ValueError:
+            weight = math.nan
+        if not (math.isfinite(weight) and weight > 0):
+            raise PrunekitError(f"task loss weights: the weight of {task} must be a positive "
+                                f"number, got {text.strip()!r}")
+        weights[task] = weight
+    return weights
+
+
+def combined_weights(fixed: Mapping[str, float],
+                     adaptive: "AdaptiveTaskWeights | None") -> dict[str, float]:
+    """Each task's loss weight: its fixed weight times its adaptive one (as AdapMTL multiplies
+    its fixed priorities by its adaptive weights); tasks named by neither weigh 1. The adaptive
+    weights come from the unweighted losses, whose relative fluctuation a fixed factor leaves
+    as it is."""
+    current = adaptive.weights if adaptive is not None else {}
+    return {task: fixed.get(task, 1.0) * current.get(task, 1.0)
+            for task in {*fixed, *current}}
 
 
 def fluctuation(losses: Sequence[float]) -> float:
