@@ -113,6 +113,8 @@ DATA_AND_TRAINING_OPTIONS = options(
                  help="Training steps (sparse training, or dense training before pruning)."),
     click.option("--score-batches", type=int, default=DEFAULTS["score_batches"],
                  show_default=True, help="Batches whose saliency is summed."),
+    click.option("--score-batch-size", type=int, default=None,
+                 help="Samples per scoring batch [default: --batch-size]."),
     click.option("--score-resolution", default=DEFAULTS["score_resolution"], show_default=True,
                  help="Where scoring losses compare prediction and target: input (the model's "
                       "upsampled prediction) or output (each head's own output, targets "
@@ -125,9 +127,25 @@ DATA_AND_TRAINING_OPTIONS = options(
                       "left-right flip (normals' x negated); see docs/data.md."),
     click.option("--lr", callback=learning_rates, default=str(DEFAULTS["lr"]),
                  show_default=True,
-                 help="Adam learning rate (cosine-decayed to zero); with --retrain-from-scratch "
-                      "a comma-separated sweep such as 1e-3,5e-4,1e-4 for the retraining (the "
-                      "first value trains the dense model)."),
+                 help="Adam learning rate (scheduled by --lr-schedule); with "
+                      "--retrain-from-scratch a comma-separated sweep such as 1e-3,5e-4,1e-4 for "
+                      "the retraining (the first value trains the dense model)."),
+    click.option("--lr-schedule", default=DEFAULTS["lr_schedule"], show_default=True,
+                 help="cosine (decayed to zero over each training phase) or step (multiplied "
+                      "by --lr-step-factor every --lr-step-every steps of each phase)."),
+    click.option("--lr-step-every", type=int, default=None, metavar="N",
+                 help="--lr-schedule step: steps between decays."),
+    click.option("--lr-step-factor", type=float, default=None, metavar="F",
+                 help="--lr-schedule step: what each decay multiplies the learning rate by."),
+    click.option("--weight-decay", type=float, default=DEFAULTS["weight_decay"],
+                 show_default=True,
+                 help="Adam's weight decay on the model's weights in every training phase "
+                      "(learned thresholds keep --theta-decay)."),
+    click.option("--task-loss-weights", callback=comma_list, default=None,
+                 metavar="TASK=W,...",
+                 help="Fixed weights of the training losses, such as seg=1,normal=20 "
+                      "[default: every task 1]; with --task-weighting adaptive they multiply "
+                      "the adaptive weights. Scoring losses stay unweighted."),
     click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True),
     click.option("--device", default=DEFAULTS["device"], show_default=True, help="cpu or cuda."),
 )

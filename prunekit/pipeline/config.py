@@ -14,6 +14,8 @@ from ..api import check_sparsity, check_uncovered
 from ..core.semi_structured import Pattern
 from ..errors import PrunekitError, UnknownNameError
 from ..tasks import SCORE_RESOLUTIONS
+from ..training.loop import LR_SCHEDULES, OptimiserSettings
+from ..training.task_weighting import fixed_task_weights
 
 DEFAULT_TASKS = ("seg", "depth", "normal")
 TASK_WEIGHTINGS = ("fixed", "adaptive")
@@ -47,11 +49,16 @@ class RunConfig:
     val_samples: int = 128                      # 0: the whole validation split
     iterations: int = 400
     score_batches: int = 10
+    score_batch_size: int | None = None   # None: batch_size
     score_resolution: str = "input"  # scoring losses at the input size | the net's output size
     batch_size: int = 8
     workers: int = 0                 # data-loading processes (0: load in the main process)
     augment: bool = False            # random scale, crop and flip of training samples
     lr: float = 2e-3
+    weight_decay: float = 0.0        # Adam's weight decay on the model's weights, every phase
+    lr_schedule: str = "cosine"      # cosine (decayed to zero per phase) | step
+    lr_step_every: int | None = None      # step schedule: steps between decays
+    lr_step_factor: float | None = None   # step schedule: what each decay multiplies lr by
     seed: int = 0
     device: str = "cpu"
     out: str | None = None
@@ -75,6 +82,7 @@ class RunConfig:
     retrain_lrs: tuple[float, ...] | None = None  # structured: the sweep; None is (lr,)
     select_metric: str = "delta_t"           # structured: how the sweep's winner is chosen
     task_weighting: str = "fixed"            # fixed (every loss weighs 1) | adaptive (AdapMTL)
+    task_loss_weights: tuple[str, ...] = ()  # TASK=WEIGHT fixed factors of the training losses
     window: int = 400                        # adaptive task weighting: losses per task averaged
     checkpoint_every: int = 100              # training steps between resume checkpoints (0: none)
 
@@ -98,6 +106,8 @@ class RunConfig:
         if len(set(self.tasks)) != len(self.tasks):
             raise PrunekitError(f"tasks repeat: {','.join(self.tasks)}")
         positive = {"width": self.width, "batch size": self.batch_size, "lr": self.lr,
+                    "score batch size": self.score_batch_size,
+                    "lr step every": self.lr_step_every, "lr step factor": self.lr_step_factor,
                     "score batches": self.score_batches, "prune rounds": self.prune_rounds,
                     "update interval": self.update_interval, "finetune lr": self.finetune_lr,
                     "theta lr": self.theta_lr, "prune interval": self.prune_interval,
@@ -120,6 +130,10 @@ class RunConfig:
             raise PrunekitError(f"drop fraction must be in (0, 1], got {self.drop_fraction}")
         if self.theta_decay < 0:
             raise PrunekitError(f"theta decay must be >= 0, got {self.theta_decay}")
+        if self.weight_decay < 0:
+            raise PrunekitError(f"weight decay must be >= 0, got {self.weight_decay}")
+        self.check_lr_schedule()
+        fixed_task_weights(self.task_loss_weights, self.tasks)
         if self.task_weighting not in TASK_WEIGHTINGS:
             raise UnknownNameError("task weighting", self.task_weighting, TASK_WEIGHTINGS)
         if self.score_resolution not in SCORE_RESOLUTIONS:
@@ -132,6 +146,20 @@ class RunConfig:
         if self.retrain_lrs and len(self.retrain_lrs) > 1 and not self.retrain_from_scratch:
             raise PrunekitError("several --lr values are a learning-rate sweep for "
                                 "--retrain-from-scratch; give one --lr, or add the flag")
+
+    def check_lr_schedule(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UnknownNameError("lr schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.lr_schedule == "step" and None in (self.lr_step_every, self.lr_step_factor):
+            raise PrunekitError("--lr-schedule step needs --lr-step-every N and "
+                                "--lr-step-factor F")
+
+    def optimiser_settings(self) -> OptimiserSettings:
+        """Weight decay and schedule of every training phase (--lr-step-* apply to step)."""
+        step = self.lr_schedule == "step"
+        return OptimiserSettings(self.weight_decay, self.lr_schedule,
+                                 self.lr_step_every if step else None,
+                                 self.lr_step_factor if step else None)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -53,21 +53,37 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def loader(dataset, config: RunConfig, shuffle: bool) -> DataLoader:
+def loader(dataset, config: RunConfig, shuffle: bool,
+           batch_size: int | None = None) -> DataLoader:
+    """Batches of ``batch_size`` (default --batch-size), shuffled by a generator of the seed."""
+    batch_size = batch_size or config.batch_size
     generator = torch.Generator().manual_seed(config.seed)
     # An augmented set takes each epoch's seed with its shuffled indices.
     augmented = isinstance(dataset, Augmented)
     if augmented and not shuffle:
         raise ValueError("an augmented dataset is read in a shuffled order")
     sampler = SeededSampler(dataset, generator) if augmented else None
-    return DataLoader(dataset, batch_size=config.batch_size,
+    return DataLoader(dataset, batch_size=batch_size,
                       shuffle=shuffle and sampler is None, sampler=sampler,
-                      drop_last=shuffle and len(dataset) >= config.batch_size,
+                      drop_last=shuffle and len(dataset) >= batch_size,
                       generator=generator, num_workers=config.workers,
                       # workers start afresh each epoch: a persistent loader draws its
                       # workers' seed from the generator at its first epoch only, so a
                       # resumed run's batch order would differ from the uninterrupted one's
                       persistent_workers=False)
+
+
+def scoring_loader(train_loader: DataLoader, config: RunConfig) -> DataLoader:
+    """Where the scoring batches come from: the training loader itself at --batch-size (as
+    runs always scored), or a loader of the training samples at --score-batch-size."""
+    size = score_batch_size(config)
+    if size == config.batch_size:
+        return train_loader
+    return loader(train_loader.dataset, config, shuffle=True, batch_size=size)
+
+
+def score_batch_size(config: RunConfig) -> int:
+    return config.score_batch_size or config.batch_size
 
 
 def evaluation_subset(val_set, samples: int):
@@ -146,10 +162,12 @@ def small_data_warnings(config: RunConfig, train_samples: int, val_samples: int,
         warnings.append(f"dataset {config.dataset}, split val: {val_samples} samples, fewer "
                         f"than --val-samples {config.val_samples}; the evaluation uses all "
                         f"{val_samples}")
-    if scoring and train_samples < config.score_batches * batch:
-        # the training loader drops a last partial batch, unless it is the only one
-        batches = min(config.score_batches, max(1, train_samples // batch))
+    scored = score_batch_size(config)
+    if scoring and train_samples < config.score_batches * scored:
+        # the loader drops a last partial batch, unless it is the only one
+        batches = min(config.score_batches, max(1, train_samples // scored))
+        option = "--score-batch-size" if config.score_batch_size else "--batch-size"
         warnings.append(f"{train}, fewer than --score-batches {config.score_batches} x "
-                        f"--batch-size {batch} = {config.score_batches * batch}; scoring "
-                        f"sums {batches} batch(es) of {min(batch, train_samples)}")
+                        f"{option} {scored} = {config.score_batches * scored}; scoring "
+                        f"sums {batches} batch(es) of {min(scored, train_samples)}")
     return warnings

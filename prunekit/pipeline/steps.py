@@ -23,8 +23,9 @@ from ..interfaces import Masks, Scorer
 from ..timing import add_seconds, timed
 from ..training.loop import Checkpoints, Resumption, train
 from ..training.resume import FORMAT, RESUME_FILE, KeepsState, RunStopped
+from ..training.task_weighting import fixed_task_weights
 from .context import RunContext
-from .data import Batches
+from .data import Batches, scoring_loader
 from .pattern import pattern_record
 from .report import write_report
 
@@ -59,7 +60,8 @@ class Steps:
     def compute_prune(self, sparsity: float, scorer: Scorer, within: Masks | None,
                       keep: int | None = None) -> PruneResult:
         ctx, config = self.ctx, self.ctx.config
-        batches = (Batches(ctx.train_loader, config.score_batches, ctx.device, config.seed)
+        batches = (Batches(scoring_loader(ctx.train_loader, config), config.score_batches,
+                           ctx.device, config.seed)
                    if scorer.needs_data else [])
         result = compute_masks(ctx.model, ctx.layout, ctx.tasks, batches, scorer,
                                ctx.arbiter, config.thresholder, sparsity, config.compensate,
@@ -105,7 +107,7 @@ class Steps:
         """Train for ``iterations`` steps; the seconds go to ``timings[phase]``. When resuming,
         a phase the stopped run had finished is skipped, and the one it stopped in goes on
         from its checkpoint."""
-        ctx = self.ctx
+        ctx, config = self.ctx, self.ctx.config
         index = ctx.phases_started
         ctx.phases_started += 1
         resumption = None
@@ -122,6 +124,9 @@ class Steps:
                                 ctx.train_loader, iterations, lr, masks, ctx.device,
                                 progress=ctx.progress, label=phase, after_step=after_step,
                                 extra_groups=extra_groups, task_weights=ctx.task_weights,
+                                loss_weights=fixed_task_weights(config.task_loss_weights,
+                                                                config.tasks),
+                                settings=config.optimiser_settings(),
                                 resume=resumption, checkpoints=checkpoints)
             except NonFiniteLossError as error:
                 raise self.with_checkpoint_kept(error) from error

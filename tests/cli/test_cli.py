@@ -132,6 +132,22 @@ BAD_INPUTS = {
                           "prune rounds must be positive"),
     "negative finetune iterations": (["--mode", "pretrained", "--finetune-iterations", "-2"],
                                      "finetune iterations must be >= 0"),
+    "negative weight decay": (["--weight-decay", "-1e-4"], "weight decay must be >= 0"),
+    "unknown lr schedule": (["--lr-schedule", "linear"], "unknown lr schedule 'linear'"),
+    "step schedule without its step": (["--lr-schedule", "step", "--lr-step-factor", "0.5"],
+                                       "--lr-schedule step needs --lr-step-every N"),
+    "zero lr step": (["--lr-schedule", "step", "--lr-step-every", "0", "--lr-step-factor",
+                      "0.5"], "lr step every must be positive"),
+    "loss weight of an unknown task": (["--task-loss-weights", "seg=1,edges=2"],
+                                       "expected TASK=WEIGHT with TASK one of seg,depth,normal, "
+                                       "got 'edges=2'"),
+    "zero loss weight": (["--task-loss-weights", "normal=0"],
+                         "the weight of normal must be a positive number, got '0'"),
+    "negative loss weight": (["--task-loss-weights", "seg=-1"], "must be a positive number"),
+    "loss weight without a task": (["--task-loss-weights", "20"], "got '20'"),
+    "repeated loss weight": (["--task-loss-weights", "seg=1,seg=2"], "seg is given twice"),
+    "zero score batch size": (["--score-batch-size", "0"],
+                              "score batch size must be positive"),
 }
 
 

@@ -85,3 +85,11 @@ def test_an_empty_validation_split_stops_the_run_with_one_line(capsys, tmp_path)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("prunekit: error: ") and "val" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_scoring_shortfalls_count_in_scoring_batches_of_their_own_size():
+    config = RunConfig(batch_size=16, score_batch_size=4, score_batches=10)
+    assert small_data_warnings(config, 40, 128, scoring=True) == []
+    (warning,) = small_data_warnings(config, 30, 128, scoring=True)
+    assert warning == ("dataset synthetic, split train: 30 samples, fewer than --score-batches "
+                       "10 x --score-batch-size 4 = 40; scoring sums 7 batch(es) of 4")

@@ -59,6 +59,10 @@ SETTINGS = {
                              prune_rounds=2, rewind=True),
     "dynamic": dict(mode="dynamic", iterations=6, update_interval=2, update_end=1.0),
     "adaptive weights": dict(iterations=6, task_weighting="adaptive", window=2),
+    "step schedule": dict(mode="pretrained", iterations=4, finetune_iterations=4,
+                          lr_schedule="step", lr_step_every=3, lr_step_factor=0.5,
+                          weight_decay=1e-3, task_loss_weights=("seg=1", "normal=20"),
+                          score_batch_size=3),
     "dense": dict(iterations=6, dense=True),
     "loading workers": dict(iterations=6, workers=1),
     "augmented": dict(iterations=6, workers=1, augment=True),
@@ -69,7 +73,8 @@ SETTINGS = {
 }
 # (settings, which checkpoint the kill follows): checkpoints come every 2 steps of each phase
 CASES = [("static", 2), ("pretrained", 1), ("pretrained", 3), ("iterative", 4),
-         ("iterative-rewind", 3), ("dynamic", 2), ("adaptive weights", 1), ("dense", 2),
+         ("iterative-rewind", 3), ("dynamic", 2), ("adaptive weights", 1),
+         ("step schedule", 3), ("dense", 2),
          ("loading workers", 2), ("augmented", 2), ("2:4 iterative", 3), ("2:4 dynamic", 2)]
 
 
