@@ -113,3 +113,28 @@ def test_group_and_similarity_take_their_presets(capsys, tmp_path):
     assert code == 2 and "is for prunekit run, not prunekit similarity" in err
     code, _, err = invoke(capsys, "similarity", "--preset", "watershed-nyuv2")
     assert code == 2 and err.strip() == "prunekit: error: --dataset nyuv2-40 needs --data-root PATH"
+
+
+# the authors' config_{nyuv2,cityscapes,taskonomy}.py (LAMBDAS, WEIGHT_DECAY, DECAY_LR_*) and
+# AdapMTL's args.py; docs/methods.md
+AUTHORS_TRAINING = {
+    "disparse-nyuv2": (5e-4, 4000, 0.5, ("seg=1", "normal=20")),
+    "disparse-cityscapes": (5e-4, 4000, 0.5, ("seg=1", "depth=20")),
+    "disparse-taskonomy": (5e-4, 12000, 0.3, ("seg=1", "normal=3", "depth=2", "keypoint=7",
+                                              "edge=7")),
+    "adapmtl-nyuv2": (1e-4, 4000, 0.5, ()),
+    "adapmtl-taskonomy": (1e-4, 12000, 0.3, ()),
+}
+
+
+@pytest.mark.parametrize("found", [p for p in RUN_PRESETS if p.name.startswith(("disparse-",
+                                                                                "adapmtl-"))],
+                         ids=lambda p: p.name)
+def test_paper_presets_train_as_the_authors_code_does(found):
+    seed, *_, data = found.name.split("-")
+    config = RunConfig(**{**DEFAULTS, **read_config_file(found.path)})
+    assert (config.weight_decay, config.lr_step_every, config.lr_step_factor,
+            config.task_loss_weights) == AUTHORS_TRAINING[f"{seed}-{data}"]
+    assert config.lr_schedule == "step"
+    scores_on_four = found.name in ("disparse-static-taskonomy", "disparse-pretrained-taskonomy")
+    assert config.score_batch_size == (4 if scores_on_four else None)
