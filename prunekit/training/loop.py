@@ -154,9 +154,9 @@ def train(model: nn.Module, tasks: Mapping[str, Task], loader: DataLoader, itera
     model.train()
     extra_groups = extra_groups or []
     special = {id(p) for group in extra_groups for p in group["params"]}
-    weights = {"params": [p for p in model.parameters() if id(p) not in special],
-               "weight_decay": settings.weight_decay}
-    optimiser = torch.optim.Adam([weights, *extra_groups], lr=lr)
+    model_group = {"params": [p for p in model.parameters() if id(p) not in special],
+                   "weight_decay": settings.weight_decay}
+    optimiser = torch.optim.Adam([model_group, *extra_groups], lr=lr)
     schedule = settings.scheduler(optimiser, iterations)
     history, first = [], 0
     epochs = Epochs(loader, device, resume.batches if resume else None)
