@@ -197,8 +197,21 @@ def test_bench_conv_rows_table_and_crossovers():
         (s.name, p) for s in shapes for p in (0.5, 0.9)]
     for row in rows:
         assert row["speedup"] == pytest.approx(row["dense_ms"] / row["sparse_ms"], rel=1e-2)
+    # the roofline: dense multiply-adds of the whole weight, sparse ones of the kept weights
+    dense_macs = {"3x3 8@12x12": 12 * 12 * 8 * 8 * 9, "1x1 16->4@9x7": 9 * 7 * 16 * 4}
+    for row in rows:
+        assert row["dense_gmacs"] == pytest.approx(
+            dense_macs[row["layer"]] / (row["dense_ms"] * 1e6), rel=1e-2, abs=1e-3)
+        kept_share = row["sparse_gmacs"] * row["sparse_ms"] / (row["dense_gmacs"] * row["dense_ms"])
+        assert kept_share == pytest.approx(1 - row["sparsity"], abs=0.15)  # random masks
     table = format_conv_table(rows)
-    assert "3x3 8@12x12" in table and "sparsity 0.9" in table
+    assert "3x3 8@12x12" in table and "sparsity 0.9" in table and "GMAC/s" in table
+
+
+def test_output_positions_of_padded_and_dilated_shapes():
+    assert ConvShape("a", 1, 1, 3, 36, 48, padding=2, dilation=2).output_positions(2) == 2 * 36 * 48
+    assert ConvShape("b", 1, 1, 3, 10, 10).output_positions(1) == 8 * 8
+    assert ConvShape("c", 1, 1, 1, 14, 14).output_positions(3) == 3 * 14 * 14
 
 
 def test_what_is_compared_is_timed_in_turns():

@@ -31,6 +31,12 @@ class ConvShape:
     padding: int = 0
     dilation: int = 1
 
+    def output_positions(self, batch: int) -> int:
+        """Output positions of one call at stride 1: each weight is one multiply-add at each."""
+        reach = self.dilation * (self.kernel - 1)
+        return (batch * (self.height + 2 * self.padding - reach)
+                * (self.width + 2 * self.padding - reach))
+
 
 # ResNet-50's layers and the DeepLab-ResNet34 backbone's dilated ones (at NYUv2's 288x384 input,
 # output stride 8: 36x48).
@@ -88,12 +94,23 @@ def bench_conv(sparsities: Sequence[float], device: str = "cpu", batch: int = 1,
         for sparsity in sparsities:
             conv, mask = random_masked_conv(shape, sparsity, device, generator)
             timing = time_dense_and_sparse(conv, mask, x, repeats)
+            positions = shape.output_positions(batch)
             rows.append({"layer": shape.name, "batch": batch, "sparsity": sparsity,
                          "dense_ms": round(timing.dense_ms, 6),
                          "sparse_ms": round(timing.sparse_ms, 6),
-                         "speedup": round(timing.speedup, 4)})
+                         "speedup": round(timing.speedup, 4),
+                         # the roofline: multiply-adds per second each reaches, the sparse
+                         # kernel's counting only the kept weights'
+                         "dense_gmacs": round(gmacs(positions * mask.numel(), timing.dense_ms), 3),
+                         "sparse_gmacs": round(gmacs(positions * int(mask.sum()),
+                                                     timing.sparse_ms), 3)})
             progress(f"{shape.name} sparsity {sparsity}: {timing.speedup:.2f}x")
     return rows
+
+
+def gmacs(multiply_adds: int, ms: float) -> float:
+    """Billions of multiply-adds per second."""
+    return multiply_adds / (ms * 1e6) if ms > 0 else float("inf")
 
 
 def crossovers(rows: Sequence[dict]) -> dict[str, float | None]:
@@ -114,7 +131,8 @@ def crossovers(rows: Sequence[dict]) -> dict[str, float | None]:
 
 
 def format_conv_table(rows: Sequence[dict]) -> str:
-    """Layers down, sparsities across; each cell 'dense ms / sparse ms (speed-up)'."""
+    """Layers down, sparsities across; each cell 'dense ms / sparse ms (speed-up)'; then the
+    same layout for the multiply-add rates (``format_roofline_table``)."""
     sparsities = sorted({row["sparsity"] for row in rows})
     layers = list(dict.fromkeys(row["layer"] for row in rows))
     cells = {(row["layer"], row["sparsity"]): row for row in rows}
@@ -132,4 +150,21 @@ def format_conv_table(rows: Sequence[dict]) -> str:
         crossover = found[layer]
         lines.append(f"{layer:<{width}}  " + "  ".join(parts) + "  "
                      + ("never" if crossover is None else f"{crossover:g}"))
+    return "\n".join(lines) + "\n\n" + format_roofline_table(rows, layers, sparsities, width)
+
+
+def format_roofline_table(rows: Sequence[dict], layers: list[str], sparsities: list[float],
+                          width: int) -> str:
+    """Layers down, sparsities across; each cell 'sparse / dense GMAC/s': the nonzero
+    multiply-adds per second of the sparse kernel against dense's on the same shape."""
+    cells = {(row["layer"], row["sparsity"]): row for row in rows}
+    lines = [f"{'GMAC/s: sparse (kept weights) / dense':<{width}}  "
+             + "  ".join(f"{f'sparsity {s:g}':>17}" for s in sparsities)]
+    for layer in layers:
+        parts = []
+        for sparsity in sparsities:
+            row = cells.get((layer, sparsity))
+            parts.append(f"{'-':>17}" if row is None else
+                         f"{row['sparse_gmacs']:.1f} / {row['dense_gmacs']:.1f}".rjust(17))
+        lines.append(f"{layer:<{width}}  " + "  ".join(parts))
     return "\n".join(lines)
