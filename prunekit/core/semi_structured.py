@@ -92,9 +92,14 @@ def ranks_in_group(priority: torch.Tensor, m: int) -> torch.Tensor:
     """Each element's rank inside its group, 0 for the highest ``priority``; ties rank the lower
     index first (a stable sort)."""
     groups = grouped(priority, m)
-    order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
+    return ranks_of(torch.sort(groups, dim=-1, descending=True, stable=True).indices)
+
+
+def ranks_of(order: torch.Tensor) -> torch.Tensor:
+    """Each position's rank in ``order`` (positions in the last dimension, best first)."""
     ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(m, device=order.device).expand_as(order))
+    ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device)
+                   .expand_as(order))
     return ranks
 
 
@@ -149,7 +154,5 @@ def regrow_in_groups(scores: torch.Tensor, fresh: torch.Tensor, dropped: torch.T
     tier = grouped(fresh, m).long() * 2 + grouped(dropped, m).long()  # fresh, dropped, neither
     by_score = torch.sort(grouped(scores.float(), m), dim=-1, descending=True, stable=True).indices
     by_tier = torch.sort(tier.gather(-1, by_score), dim=-1, descending=True, stable=True).indices
-    order = by_score.gather(-1, by_tier)  # positions in the group, best first
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(m, device=order.device).expand_as(order))
+    ranks = ranks_of(by_score.gather(-1, by_tier))  # positions in the group, best first
     return ((ranks < need) & (tier > 0)).reshape(scores.shape)

@@ -131,40 +131,34 @@ def crossovers(rows: Sequence[dict]) -> dict[str, float | None]:
 
 
 def format_conv_table(rows: Sequence[dict]) -> str:
-    """Layers down, sparsities across; each cell 'dense ms / sparse ms (speed-up)'; then the
-    same layout for the multiply-add rates (``format_roofline_table``)."""
+    """Layers down, sparsities across; each cell 'dense ms / sparse ms (speed-up)' and each
+    layer's crossover; then the same grid of the multiply-add rates, 'sparse / dense GMAC/s':
+    the kept weights' multiply-adds per second of the sparse kernel against dense's."""
+    found = crossovers(rows)
+    timings = layer_grid(rows, "layer", 24, lambda row: f"{row['dense_ms']:>8.3f} / "
+                         f"{row['sparse_ms']:.3f} ({row['speedup']:.2f}x)",
+                         ("crossover", lambda layer: "never" if found[layer] is None
+                          else f"{found[layer]:g}"))
+    rates = layer_grid(rows, "GMAC/s: sparse (kept weights) / dense", 17,
+                       lambda row: f"{row['sparse_gmacs']:.1f} / {row['dense_gmacs']:.1f}")
+    return timings + "\n\n" + rates
+
+
+def layer_grid(rows: Sequence[dict], title: str, cell_width: int,
+               cell: Callable[[dict], str],
+               last: tuple[str, Callable[[str], str]] | None = None) -> str:
+    """Layers down, sparsities across, ``cell(row)`` in each cell ('-' where none was
+    measured); ``last``: the header and per-layer text of one more column."""
     sparsities = sorted({row["sparsity"] for row in rows})
     layers = list(dict.fromkeys(row["layer"] for row in rows))
     cells = {(row["layer"], row["sparsity"]): row for row in rows}
     width = max(len(layer) for layer in layers) if layers else 5
-    lines = [f"{'layer':<{width}}  " + "  ".join(f"{f'sparsity {s:g}':>24}" for s in sparsities)
-             + "  crossover"]
-    found = crossovers(rows)
+    header = f"{title:<{width}}  " + "  ".join(f"{f'sparsity {s:g}':>{cell_width}}"
+                                                for s in sparsities)
+    lines = [header + (f"  {last[0]}" if last else "")]
     for layer in layers:
-        parts = []
-        for sparsity in sparsities:
-            row = cells.get((layer, sparsity))
-            parts.append(f"{'-':>24}" if row is None else
-                         f"{row['dense_ms']:>8.3f} / {row['sparse_ms']:.3f} ({row['speedup']:.2f}x)"
-                         .rjust(24))
-        crossover = found[layer]
-        lines.append(f"{layer:<{width}}  " + "  ".join(parts) + "  "
-                     + ("never" if crossover is None else f"{crossover:g}"))
-    return "\n".join(lines) + "\n\n" + format_roofline_table(rows, layers, sparsities, width)
-
-
-def format_roofline_table(rows: Sequence[dict], layers: list[str], sparsities: list[float],
-                          width: int) -> str:
-    """Layers down, sparsities across; each cell 'sparse / dense GMAC/s': the nonzero
-    multiply-adds per second of the sparse kernel against dense's on the same shape."""
-    cells = {(row["layer"], row["sparsity"]): row for row in rows}
-    lines = [f"{'GMAC/s: sparse (kept weights) / dense':<{width}}  "
-             + "  ".join(f"{f'sparsity {s:g}':>17}" for s in sparsities)]
-    for layer in layers:
-        parts = []
-        for sparsity in sparsities:
-            row = cells.get((layer, sparsity))
-            parts.append(f"{'-':>17}" if row is None else
-                         f"{row['sparse_gmacs']:.1f} / {row['dense_gmacs']:.1f}".rjust(17))
-        lines.append(f"{layer:<{width}}  " + "  ".join(parts))
+        parts = [f"{'-':>{cell_width}}" if (layer, s) not in cells
+                 else cell(cells[layer, s]).rjust(cell_width) for s in sparsities]
+        lines.append(f"{layer:<{width}}  " + "  ".join(parts)
+                     + (f"  {last[1](layer)}" if last else ""))
     return "\n".join(lines)

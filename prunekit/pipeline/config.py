@@ -98,8 +98,7 @@ class RunConfig:
                                 f"{'x'.join(map(str, self.image_size))}")
         if not self.dense:
             check_sparsity(self.sparsity)
-        if self.pattern is not None:
-            Pattern.parse(self.pattern)
+        if self.nm_pattern is not None:  # a pattern that does not parse is an error
             check_uncovered(self.uncovered)
         if not self.tasks:
             raise PrunekitError("give at least one task")
@@ -160,6 +159,11 @@ class RunConfig:
         return OptimiserSettings(self.weight_decay, self.lr_schedule,
                                  self.lr_step_every if step else None,
                                  self.lr_step_factor if step else None)
+
+    @property
+    def nm_pattern(self) -> Pattern | None:
+        """``pattern`` parsed (None without one)."""
+        return Pattern.parse(self.pattern) if self.pattern is not None else None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

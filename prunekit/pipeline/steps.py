@@ -16,7 +16,6 @@ from ..core import contract, distributed
 from ..core.layout import ResolvedLayout
 from ..core.masks import AppliedMasks
 from ..core.pruning import PruneResult
-from ..core.semi_structured import Pattern
 from ..errors import NonFiniteLossError, PrunekitError, one_line
 from ..files import save_torch
 from ..interfaces import Masks, Scorer
@@ -70,7 +69,7 @@ class Steps:
                                pattern=config.pattern, keep=keep, uncovered=config.uncovered)
         if config.pattern:
             ctx.report["pattern"] = pattern_record(result, ctx.layout,
-                                                   Pattern.parse(config.pattern),
+                                                   config.nm_pattern,
                                                    config.uncovered)
         elif abs(result.achieved - sparsity) > contract.SPARSITY_TOLERANCE:  # --no-compensate
             ctx.warn(f"the merged masks are {result.achieved:.3f} sparse, {sparsity:g} was "

@@ -41,7 +41,6 @@ MODES: dict[str, type[Mode]] = {mode.name: mode
                                 for mode in (Static, Pretrained, Dynamic, Iterative)}
 PATHS: tuple[type[Mode], ...] = (Dense, Static, Learned, Pretrained, Dynamic, Iterative,
                                  Structured, RetrainFromScratch)
-FINE_TUNING_MODES = ("pretrained", "iterative")
 # read whatever the path when --task-weighting is adaptive
 TASK_WEIGHTING_OPTIONS = {"window"}
 
@@ -51,7 +50,7 @@ def resolved(config: RunConfig) -> RunConfig:
     if config.mode not in MODES:
         raise UnknownNameError("mode", config.mode, MODES)
     mode = MODES[config.mode]
-    fine_tunes = config.mode in FINE_TUNING_MODES
+    fine_tunes = "finetune_iterations" in mode.options  # pretrained, iterative
     return dataclasses.replace(
         config,
         scorer=config.scorer or mode.default_scorer,

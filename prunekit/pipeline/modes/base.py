@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ...core.masks import measured_sparsity
-from ...core.semi_structured import Pattern
 from ...errors import PrunekitError
 from ...interfaces import Arbiter, Masks, Scorer, Thresholder
 from ..config import RunConfig
@@ -97,7 +96,7 @@ class Mode:
 
     def requested_sparsity(self) -> float | None:
         if self.config.pattern:
-            return Pattern.parse(self.config.pattern).sparsity
+            return self.config.nm_pattern.sparsity
         return self.config.sparsity
 
     def sparsity(self, ctx: RunContext, checkpoint: dict) -> dict:
@@ -105,5 +104,5 @@ class Mode:
         plugin; with a pattern, the pattern is checked in them too."""
         if self.config.pattern:
             check_saved_pattern(checkpoint["model"], ctx.report["pattern"]["covered"],
-                                Pattern.parse(self.config.pattern))
+                                self.config.nm_pattern)
         return measured_sparsity(checkpoint["model"], checkpoint["masks"], ctx.layout)

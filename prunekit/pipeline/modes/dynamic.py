@@ -5,7 +5,6 @@ from __future__ import annotations
 from ...api import check_arbiter
 from ...core.masks import AppliedMasks
 from ...core.rigl import RigLSchedule, RigLUpdater
-from ...core.semi_structured import Pattern
 from ...errors import PrunekitError
 from ...interfaces import Masks
 from ...registry import default_registry, plugin_info
@@ -50,9 +49,8 @@ class Dynamic(Mode):
         initial = steps.prune(config.sparsity, scorer=default_registry().get("scorer", "random"))
         ctx.report["plugins"]["initial_scorer"] = plugin_info("scorer", "random")
         applied = AppliedMasks(ctx.model, initial.masks)
-        pattern = Pattern.parse(config.pattern) if config.pattern else None
         updater = RigLUpdater(ctx.model, ctx.layout, ctx.tasks, applied, ctx.scorer, ctx.arbiter,
-                              schedule_of(config), config.seed, pattern)
+                              schedule_of(config), config.seed, config.nm_pattern)
         steps.train_phase(applied, config.iterations, config.lr, "training", after_step=updater)
         training = ctx.timings.get("training", 0.0)
         ctx.report["rigl"] = {

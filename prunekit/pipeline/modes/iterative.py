@@ -7,7 +7,7 @@ from __future__ import annotations
 from ...api import check_arbiter
 from ...core.masks import AppliedMasks
 from ...core.pruning import round_sparsities
-from ...core.semi_structured import Pattern, round_keeps
+from ...core.semi_structured import round_keeps
 from ...errors import PrunekitError
 from ...interfaces import Masks
 from ..config import RunConfig
@@ -66,7 +66,7 @@ def round_targets(config: RunConfig) -> list[tuple[float, int | None]]:
     """Each round's (sparsity, weights kept per group of M): with a pattern the groups go from
     M kept down to N in even steps (gradual N:M), else the rounds' sparsities."""
     if config.pattern:
-        pattern = Pattern.parse(config.pattern)
+        pattern = config.nm_pattern
         return [(1.0 - keep / pattern.m, keep)
                 for keep in round_keeps(pattern, config.prune_rounds)]
     return [(sparsity, None) for sparsity in round_sparsities(config.sparsity,
