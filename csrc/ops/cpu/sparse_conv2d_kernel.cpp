@@ -10,17 +10,17 @@
 //   y[oc, oh, ow] = bias[oc] + sum over kept j of value[j] * x_pad[ic_j, oh*sh + kh_j*dh,
 //                                                                   ow*sw + kw_j*dw]
 // (x_pad: the input with the layer's padding; the narrower border reads the same values).
-// With unit strides, output position (oh, ow) reads padded element oh*Wp + ow + offset[j],
-// which is affine in q = oh*Wp + ow: a band of output rows is one 1-D sparse correlation over q
-// (positions with ow >= OW are computed and dropped). The sum for a block of
-// kBlock consecutive q stays in registers while every kept weight of the channel adds its
-// contribution (one broadcast and kBlock/8 fused multiply-adds on AVX2), so the output is written
-// once and the zeros are never multiplied. Other strides step through each output row (blocks of
-// kBlock outputs of one row).
+// With a unit width stride, the outputs (oh, ow..ow+w) of one row read w consecutive elements
+// after each tap's offset. The outputs are cut in tiles of a few rows by a few 8-float vectors of
+// columns (tile_for: as many columns as the row has, rounded up to whole vectors, and more rows
+// when the row is short), whose sums stay in registers while every kept weight of the channel
+// adds its contribution: one broadcast and one fused multiply-add per vector of the tile (AVX2),
+// eight independent sums so the adds do not wait on each other, and the output written once.
+// Other width strides sum each output row's positions one by one.
 // Work is split over (image, band of output rows, group of output channels); inside a task each
-// block of positions passes through every channel of the group before the next block, so the
-// block's input is read from L1 by all channels but the first, and the group's kept weights stay
-// in L1 across blocks.
+// tile passes through every channel of the group before the next tile, so the tile's input is
+// read from cache by all channels but the first, and the group's kept weights stay in L1 across
+// tiles.
 // The task loop is compiled twice, for AVX2+FMA and for the build's default target (plain
 // x86-64), and the AVX2 one is chosen at run time when the CPU has it.
 #include <ATen/ATen.h>
@@ -42,11 +42,46 @@
 namespace prunekit {
 namespace {
 
-constexpr int64_t kBlock = 32;      // output positions summed in registers at a time
-constexpr int64_t kBandSize = 1024;  // about this many output positions per parallel task
+constexpr int64_t kTileVectors = 8;  // sums of a tile held in 32-byte vector registers
+constexpr int64_t kStridedBlock = 64;  // outputs of one row summed at a time, other strides
+// 1x1 layers' rows are cut in runs of at most this many vectors: with their few kept weights
+// per channel, 8-vector runs measured 10-20% slower than 4-vector ones (1x1 256->64 on 56x56 at
+// 90-95%), where 3x3 layers gain from 8.
+constexpr int64_t kPointwiseVectors = 4;
+constexpr int64_t kBandSize = 1024;  // output positions per parallel task, at most
+constexpr int64_t kBandBytes = int64_t(1) << 19;  // input a band reads, at most (in L2)
 constexpr int64_t kGroupBytes = int64_t(1) << 15;  // kept weights of a group of channels, about
 constexpr int64_t kTasksPerThread = 4;  // at least, when the channels allow
 constexpr int64_t kMinParallelWork = int64_t(1) << 15;  // multiply-adds per thread, at least
+
+// Elements of scalar_t in one 32-byte vector.
+template <typename scalar_t>
+constexpr int64_t kLanes = 32 / sizeof(scalar_t);
+
+// The outputs one tile sums with a unit width stride: `rows` output rows by `vectors` vectors of
+// consecutive columns, rows * vectors <= kTileVectors.
+struct Tile {
+  int64_t rows, vectors;
+};
+
+// Splits `vectors` vectors into the fewest runs of at most kTileVectors, as even as can be (10:
+// runs of 5 and 5, not 8 and 2): run i of `runs` has the vectors `run_vectors` gives.
+struct Runs {
+  int64_t runs, shorter, longer_runs;  // the first longer_runs runs have shorter + 1 vectors
+  explicit Runs(int64_t vectors, int64_t longest = kTileVectors)
+      : runs((std::max<int64_t>(vectors, 1) + longest - 1) / longest),
+        shorter(std::max<int64_t>(vectors, 1) / runs),
+        longer_runs(std::max<int64_t>(vectors, 1) % runs) {}
+  int64_t run_vectors(int64_t i) const { return shorter + (i < longer_runs); }
+};
+
+// The tile for rows of out_w outputs: as many vectors as the longest run of a row (runs of at
+// most `longest` vectors), and as many rows as fill kTileVectors (a short row is not summed in
+// too few registers).
+Tile tile_for(int64_t out_w, int64_t lanes, int64_t longest) {
+  const int64_t vectors = Runs((out_w + lanes - 1) / lanes, longest).run_vectors(0);
+  return {kTileVectors / vectors, vectors};
+}
 
 // The shapes of one call, in elements.
 struct Geometry {
@@ -54,6 +89,13 @@ struct Geometry {
   int64_t padded_h, padded_w, out_h, out_w;
   int64_t stride_h, stride_w;
   int64_t rows_per_band, channels_per_group;
+  Tile tile;
+  // Whether a band is summed as one run of positions q = row * padded_w + column (unit
+  // strides: output (oh, ow) reads the bordered input at oh * padded_w + ow after each tap's
+  // offset), cut in runs of whole vectors (Runs), one run per tile; the columns past out_w are
+  // summed and dropped. Chosen when it sums fewer positions than tiles of rows do.
+  bool flat;
+  int64_t longest;  // vectors of a flat run, at most
 };
 
 // One output channel's kept weights: values and their offsets into one padded image.
@@ -70,8 +112,8 @@ struct Row {
 #define PRUNEKIT_INLINE inline
 #endif
 
-// The kBlock sums are a few 32-byte vectors (GCC vector extensions: AVX registers in the AVX2
-// build, pairs of SSE registers in the default one) that stay in registers over the row.
+// A tile's sums are 32-byte vectors (GCC vector extensions: AVX registers in the AVX2 build,
+// pairs of SSE registers in the default one) that stay in registers over the row.
 template <typename scalar_t>
 struct Vector32;
 template <>
@@ -83,29 +125,36 @@ struct Vector32<double> {
   typedef double type __attribute__((vector_size(32)));
 };
 
-// sums[i] = bias + sum over the row of value[j] * x[offset[j] + i], for i in [0, kBlock).
-// Reads kBlock elements after each offset whatever the block's useful length: see the slack.
-template <typename scalar_t>
-PRUNEKIT_INLINE void unit_stride_block(const scalar_t* x, Row<scalar_t> row, scalar_t bias,
-                                       scalar_t* sums) {
+// to[r][i] = bias + sum over the row of value[j] * x[offset[j] + row_at[r] + i], for r in
+// [0, kRows) and i in [0, kVectors * lanes): whole vectors whatever the tile's useful width (the
+// caller checks that the reads stay inside the input).
+template <typename scalar_t, int64_t kRows, int64_t kVectors>
+PRUNEKIT_INLINE void tile_sums(const scalar_t* x, const int64_t (&row_at)[kRows],
+                               Row<scalar_t> row, scalar_t bias, scalar_t* const (&to)[kRows]) {
   using vec = typename Vector32<scalar_t>::type;
-  constexpr int64_t kLanes = sizeof(vec) / sizeof(scalar_t);
-  constexpr int64_t kVectors = kBlock / kLanes;
-  vec sum[kVectors];
-  for (int64_t k = 0; k < kVectors; ++k) sum[k] = vec{} + bias;
-  for (int64_t j = 0; j < row.count; ++j) {
-    const scalar_t v = row.values[j];
-    const scalar_t* in = x + row.offsets[j];
-    for (int64_t k = 0; k < kVectors; ++k) {
-      vec chunk;
-      std::memcpy(&chunk, in + k * kLanes, sizeof(vec));
-      sum[k] += v * chunk;
+  constexpr int64_t lanes = kLanes<scalar_t>;
+  vec sum[kRows][kVectors];
+  for (int64_t r = 0; r < kRows; ++r) {
+    for (int64_t k = 0; k < kVectors; ++k) sum[r][k] = vec{} + bias;
+  }
+  const scalar_t* value = row.values;
+  for (const int64_t *offset = row.offsets, *end = offset + row.count; offset != end;
+       ++offset, ++value) {
+    const scalar_t v = *value;
+    const scalar_t* in = x + *offset;
+    for (int64_t r = 0; r < kRows; ++r) {
+      for (int64_t k = 0; k < kVectors; ++k) {
+        vec chunk;
+        std::memcpy(&chunk, in + row_at[r] + k * lanes, sizeof(vec));
+        sum[r][k] += v * chunk;
+      }
     }
   }
-  std::memcpy(sums, sum, kBlock * sizeof(scalar_t));
+  for (int64_t r = 0; r < kRows; ++r) std::memcpy(to[r], sum[r], sizeof(sum[r]));
 }
 
-// sums[i] = bias + sum over the row of value[j] * x[offset[j] + i * stride], i in [0, length).
+// sums[i] = bias + sum over the row of value[j] * x[offset[j] + i * stride], i in [0, length):
+// exactly the positions asked for.
 template <typename scalar_t>
 PRUNEKIT_INLINE void strided_block(const scalar_t* x, int64_t stride, Row<scalar_t> row,
                                    scalar_t bias, scalar_t* sums, int64_t length) {
@@ -117,31 +166,19 @@ PRUNEKIT_INLINE void strided_block(const scalar_t* x, int64_t stride, Row<scalar
   }
 }
 
-// The block's sums: kBlock positions in registers when `whole`, else exactly `count` positions
-// `stride` apart (partial blocks that must not read past the input, other strides).
-template <typename scalar_t>
-PRUNEKIT_INLINE void block_sums(const scalar_t* in, int64_t stride, bool whole,
-                                Row<scalar_t> row, scalar_t bias, scalar_t* sums,
-                                int64_t count) {
-  if (whole) {
-    unit_stride_block(in, row, bias, sums);
-  } else {
-    strided_block(in, stride, row, bias, sums, count);
-  }
-}
-
 // Everything the tasks read and write.
 template <typename scalar_t>
 struct Problem {
   Geometry g;
-  const scalar_t* padded;  // the bordered images, with slack after the last unless in_place
+  const scalar_t* padded;  // the bordered images (or the caller's input, read in place)
+  const scalar_t* readable_end;  // the end of what may be read: the images and any slack
   const scalar_t* values;
   const int64_t* row_offsets;
   const int64_t* offsets;  // of each kept weight into one padded image
+  int64_t max_offset;      // the largest of them
   const scalar_t* bias;    // or null
   scalar_t* output;
   int64_t bands, groups;
-  bool in_place;  // the images are the caller's input, with nothing after the last
 
   Row<scalar_t> row(int64_t oc) const {
     const int64_t begin = row_offsets[oc];
@@ -150,58 +187,159 @@ struct Problem {
   scalar_t bias_of(int64_t oc) const { return bias ? bias[oc] : scalar_t(0); }
 };
 
-// The output rows [first, last) of channels [oc_begin, oc_end) of one image, for unit strides:
-// with output position (oh, ow) at q = oh * padded_w + ow, the rows are one run of q, cut in
-// blocks of kBlock; each row keeps its first out_w columns (all of them when no column is
-// dropped: a 1x1 kernel without padding). Every channel of the group sums a block before the
-// next block, so the block's input is read from cache by all but the first. With `at_end` (the
-// band ends the caller's input) a partial block reads only its own positions.
+// Where one tile reads and writes: `in` is the input under its first position; its outputs are
+// its sums from `skip` on (a tile that starts early to end where its run ends): `rows` rows of
+// `columns` positions from `out` (in channel 0's plane), or in a flat band the `columns`
+// positions from q of the band's run, whose first output is at `out`.
 template <typename scalar_t>
-PRUNEKIT_INLINE void unit_stride_band(const Problem<scalar_t>& p, const scalar_t* image,
-                                      scalar_t* planes, int64_t oc_begin, int64_t oc_end,
-                                      int64_t first, int64_t last, bool at_end) {
+struct TilePlace {
+  const scalar_t* in;
+  scalar_t* out;
+  int64_t rows, columns, skip, q;
+};
+
+// Writes a tile's sums (one channel) to its outputs, leaving out a flat run's dropped columns.
+template <typename scalar_t>
+PRUNEKIT_INLINE void write_tile(const Geometry& g, const scalar_t* sums, int64_t width,
+                                const TilePlace<scalar_t>& t, scalar_t* out) {
+  if (!g.flat) {
+    for (int64_t r = 0; r < t.rows; ++r) {
+      std::copy(sums + r * width, sums + r * width + t.columns, out + r * g.out_w);
+    }
+    return;
+  }
+  if (g.padded_w == g.out_w) {  // no dropped columns
+    std::copy(sums, sums + t.columns, out + t.q);
+    return;
+  }
+  for (int64_t i = 0, q = t.q; i < t.columns;) {
+    const int64_t row = q / g.padded_w, column = q - row * g.padded_w;
+    const int64_t span = std::min(t.columns - i, g.padded_w - column);
+    const int64_t kept = std::clamp<int64_t>(g.out_w - column, 0, span);
+    std::copy(sums + i, sums + i + kept, out + row * g.out_w + column);
+    i += span, q += span;
+  }
+}
+
+// One tile of kRows rows by kVectors vectors, for every channel of [oc_begin, oc_end): each
+// channel sums the tile while its input is in cache from the channel before. A whole tile's
+// rows are stored straight to the output; the others go through `sums`. A tile short of rows
+// sums its last row again in the missing ones; one whose whole vectors would read past the
+// input sums exactly its positions instead.
+template <typename scalar_t, int64_t kRows, int64_t kVectors>
+PRUNEKIT_INLINE void tile_of_channels(const Problem<scalar_t>& p, TilePlace<scalar_t> t,
+                                      int64_t oc_begin, int64_t oc_end) {
+  constexpr int64_t width = kVectors * kLanes<scalar_t>;
   const Geometry& g = p.g;
   const int64_t plane = g.out_h * g.out_w;
-  const int64_t length = (last - first) * g.padded_w;
-  scalar_t sums[kBlock];
-  for (int64_t q = 0; q < length; q += kBlock) {
-    const int64_t count = std::min(kBlock, length - q);
-    const int64_t row = q / g.padded_w, column = q - row * g.padded_w;
-    const scalar_t* in = image + first * g.padded_w + q;
-    const bool whole = !(at_end && count < kBlock);
-    for (int64_t oc = oc_begin; oc < oc_end; ++oc) {
-      block_sums(in, 1, whole, p.row(oc), p.bias_of(oc), sums, count);
-      scalar_t* out = planes + oc * plane + (first + row) * g.out_w;
-      if (g.padded_w == g.out_w) {
-        std::copy(sums, sums + count, out + column);
-        continue;
+  const int64_t row_step = g.stride_h * g.padded_w;  // input elements between output rows
+  int64_t row_at[kRows];
+  for (int64_t r = 0; r < kRows; ++r) row_at[r] = std::min(r, t.rows - 1) * row_step;
+  const bool whole = p.readable_end - (t.in + row_at[kRows - 1]) >= p.max_offset + width;
+  // Whether the sums are exactly the outputs of rows of the output planes.
+  const bool direct = whole && t.rows == kRows && t.columns == width && t.skip == 0 &&
+                      (!g.flat || g.padded_w == g.out_w);
+  scalar_t sums[kRows * width];
+  scalar_t* to[kRows];
+  for (int64_t r = 0; r < kRows; ++r) to[r] = sums + r * width;
+  for (int64_t oc = oc_begin; oc < oc_end; ++oc) {
+    const Row<scalar_t> row = p.row(oc);
+    scalar_t* out = t.out + oc * plane;
+    if (direct) {
+      scalar_t* const at = g.flat ? out + t.q : out;
+      for (int64_t r = 0; r < kRows; ++r) to[r] = at + r * g.out_w;
+      tile_sums<scalar_t, kRows, kVectors>(t.in, row_at, row, p.bias_of(oc), to);
+      continue;
+    }
+    if (whole) {
+      tile_sums<scalar_t, kRows, kVectors>(t.in, row_at, row, p.bias_of(oc), to);
+    } else {
+      for (int64_t r = 0; r < t.rows; ++r) {
+        strided_block(t.in + row_at[r] + t.skip, 1, row, p.bias_of(oc),
+                      sums + r * width + t.skip, t.columns);
       }
-      // The block's positions by output row, without the columns past out_w.
-      for (int64_t i = 0, c = column; i < count; c = 0, out += g.out_w) {
-        const int64_t span = std::min(count - i, g.padded_w - c);
-        const int64_t kept = std::clamp<int64_t>(g.out_w - c, 0, span);
-        std::copy(sums + i, sums + i + kept, out + c);
-        i += span;
-      }
+    }
+    write_tile(g, sums + t.skip, width, t, out);
+  }
+}
+
+// tile_of_channels for a tile of `tile.rows` rows by `tile.vectors` vectors: one row of 1 to
+// kTileVectors vectors, or kTileVectors / vectors rows.
+template <typename scalar_t>
+PRUNEKIT_INLINE void tile_of_channels(const Problem<scalar_t>& p, Tile tile,
+                                      TilePlace<scalar_t> t, int64_t oc_begin, int64_t oc_end) {
+  constexpr int64_t T = kTileVectors;
+#define PRUNEKIT_TILE(rows, vectors) \
+  return tile_of_channels<scalar_t, rows, vectors>(p, t, oc_begin, oc_end)
+  switch (tile.vectors) {
+    case 1: if (tile.rows == 1) PRUNEKIT_TILE(1, 1); PRUNEKIT_TILE(T / 1, 1);
+    case 2: if (tile.rows == 1) PRUNEKIT_TILE(1, 2); PRUNEKIT_TILE(T / 2, 2);
+    case 3: if (tile.rows == 1) PRUNEKIT_TILE(1, 3); PRUNEKIT_TILE(T / 3, 3);
+    case 4: if (tile.rows == 1) PRUNEKIT_TILE(1, 4); PRUNEKIT_TILE(T / 4, 4);
+    case 5: PRUNEKIT_TILE(1, 5);
+    case 6: PRUNEKIT_TILE(1, 6);
+    case 7: PRUNEKIT_TILE(1, 7);
+    default: PRUNEKIT_TILE(1, 8);
+  }
+#undef PRUNEKIT_TILE
+}
+
+// The output rows [first, last) of channels [oc_begin, oc_end) of one image, for a unit width
+// stride: in tiles of the call's shape, or (flat) as one run of positions up to the band's last
+// output in runs of whole vectors, the last run starting early (into the band before, if need
+// be) when it would pass that end: its first positions are summed twice and written once.
+template <typename scalar_t>
+PRUNEKIT_INLINE void tiled_band(const Problem<scalar_t>& p, const scalar_t* image,
+                                scalar_t* planes, int64_t oc_begin, int64_t oc_end,
+                                int64_t first, int64_t last) {
+  constexpr int64_t lanes = kLanes<scalar_t>;
+  const Geometry& g = p.g;
+  const int64_t row_step = g.stride_h * g.padded_w;  // input elements between output rows
+  const scalar_t* in = image + first * row_step;
+  scalar_t* out = planes + first * g.out_w;
+  if (g.flat) {
+    const int64_t positions = (last - first - 1) * g.padded_w + g.out_w;
+    const int64_t before = first * g.padded_w;  // positions of the image before the band
+    const Runs runs((positions + lanes - 1) / lanes, g.longest);
+    for (int64_t i = 0, at = 0; i < runs.runs; ++i) {
+      const int64_t width = runs.run_vectors(i) * lanes;
+      const int64_t columns = std::min(width, positions - at);
+      const int64_t start =
+          columns < width && before + positions >= width ? positions - width : at;
+      tile_of_channels(p, Tile{1, runs.run_vectors(i)},
+                       TilePlace<scalar_t>{in + start, out, 1, columns, at - start, at},
+                       oc_begin, oc_end);
+      at += columns;
+    }
+    return;
+  }
+  const int64_t width = g.tile.vectors * lanes;
+  for (int64_t oh = 0; oh < last - first; oh += g.tile.rows) {
+    const int64_t rows = std::min(g.tile.rows, last - first - oh);
+    for (int64_t ow = 0; ow < g.out_w; ow += width) {
+      tile_of_channels(p, g.tile,
+                       TilePlace<scalar_t>{in + oh * row_step + ow, out + oh * g.out_w + ow,
+                                           rows, std::min(width, g.out_w - ow), 0, 0},
+                       oc_begin, oc_end);
     }
   }
 }
 
-// The same for any strides: each block is kBlock outputs of one row.
+// The same for other width strides: each block is kStridedBlock outputs of one row, summed one
+// position at a time.
 template <typename scalar_t>
 PRUNEKIT_INLINE void strided_band(const Problem<scalar_t>& p, const scalar_t* image,
                                   scalar_t* planes, int64_t oc_begin, int64_t oc_end,
-                                  int64_t first, int64_t last, bool at_end) {
+                                  int64_t first, int64_t last) {
   const Geometry& g = p.g;
   const int64_t plane = g.out_h * g.out_w;
-  scalar_t sums[kBlock];
+  scalar_t sums[kStridedBlock];
   for (int64_t oh = first; oh < last; ++oh) {
-    for (int64_t ow = 0; ow < g.out_w; ow += kBlock) {
-      const int64_t count = std::min(kBlock, g.out_w - ow);
+    for (int64_t ow = 0; ow < g.out_w; ow += kStridedBlock) {
+      const int64_t count = std::min(kStridedBlock, g.out_w - ow);
       const scalar_t* in = image + oh * g.stride_h * g.padded_w + ow * g.stride_w;
-      const bool whole = g.stride_w == 1 && !(at_end && count < kBlock);
       for (int64_t oc = oc_begin; oc < oc_end; ++oc) {
-        block_sums(in, g.stride_w, whole, p.row(oc), p.bias_of(oc), sums, count);
+        strided_block(in, g.stride_w, p.row(oc), p.bias_of(oc), sums, count);
         std::copy(sums, sums + count, planes + oc * plane + oh * g.out_w + ow);
       }
     }
@@ -216,21 +354,18 @@ PRUNEKIT_INLINE void run_tasks(const Problem<scalar_t>& p, int64_t begin, int64_
   const int64_t image_size = g.in_channels * g.padded_h * g.padded_w;
   for (int64_t task = begin; task < end; ++task) {
     const int64_t group = task % p.groups;
-    const int64_t band = task / p.groups % p.bands;
+    const int64_t band_index = task / p.groups % p.bands;
     const int64_t n = task / p.groups / p.bands;
-    const int64_t first = band * g.rows_per_band;
+    const int64_t first = band_index * g.rows_per_band;
     const int64_t last = std::min(g.out_h, first + g.rows_per_band);
     const int64_t oc_begin = group * g.channels_per_group;
     const int64_t oc_end = std::min(g.out_channels, oc_begin + g.channels_per_group);
     const scalar_t* image = p.padded + n * image_size;
     scalar_t* planes = p.output + n * g.out_channels * g.out_h * g.out_w;
-    // Whole blocks may read past a band's last position: into the next row, channel or image,
-    // except after the last band of the last image when the input is read in place.
-    const bool at_end = p.in_place && n == g.batch - 1 && last == g.out_h;
-    if (g.stride_h == 1 && g.stride_w == 1) {
-      unit_stride_band(p, image, planes, oc_begin, oc_end, first, last, at_end);
+    if (g.stride_w == 1) {
+      tiled_band(p, image, planes, oc_begin, oc_end, first, last);
     } else {
-      strided_band(p, image, planes, oc_begin, oc_end, first, last, at_end);
+      strided_band(p, image, planes, oc_begin, oc_end, first, last);
     }
   }
 }
@@ -270,7 +405,7 @@ void convolve(const Problem<scalar_t>& p) {
   // channels) x (positions of its band), and waking a thread costs some thousands of those.
   const int64_t kept_per_channel = p.row_offsets[g.out_channels] / g.out_channels;
   const int64_t work = std::max<int64_t>(
-      1, kept_per_channel * g.channels_per_group * g.rows_per_band * g.padded_w);
+      1, kept_per_channel * g.channels_per_group * g.rows_per_band * g.out_w);
   const int64_t grain = std::max<int64_t>(1, kMinParallelWork / work);
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { loop(p, begin, end); });
 }
@@ -304,45 +439,67 @@ at::Tensor bordered_images(const at::Tensor& input, const TapView& plan, int64_t
   return buffer;
 }
 
+// Distinct input rows that `rows` consecutive output rows read in one channel.
+int64_t input_rows_read(const SparseConvArgs& a, int64_t rows) {
+  const int64_t span = (rows - 1) * a.stride_h + 1;  // under one kernel row
+  return span >= a.dilation_h ? span + (a.kernel_h - 1) * a.dilation_h : span * a.kernel_h;
+}
+
 // The convolution of `input` by the taps of `plan`, whose values are tap_values[t].
 template <typename scalar_t>
 void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapView& plan,
                     const scalar_t* tap_values, const scalar_t* bias, at::Tensor& output) {
+  constexpr int64_t lanes = kLanes<scalar_t>;
+  // Flat runs or tiles of rows, whichever sums fewer positions (flat ones sum the columns past
+  // out_w, tiles round each row up to whole vectors and the rows up to whole tiles).
+  const int64_t longest = a.kernel_h * a.kernel_w == 1 ? kPointwiseVectors : kTileVectors;
+  const Tile rows_tile = tile_for(a.out_w, lanes, longest);
+  const auto rounded_up = [](int64_t n, int64_t step) { return (n + step - 1) / step * step; };
+  const int64_t flat_positions = rounded_up((a.out_h - 1) * plan.padded_w + a.out_w, lanes);
+  const int64_t tiled_positions = rounded_up(a.out_h, rows_tile.rows) *
+                                  rounded_up(a.out_w, rows_tile.vectors * lanes);
+  const bool flat = a.stride_h == 1 && a.stride_w == 1 && flat_positions <= tiled_positions;
+  const Tile tile = flat || a.stride_w != 1 ? Tile{1, 1} : rows_tile;
   Geometry g{a.batch, a.in_channels, a.out_channels, plan.padded_h, plan.padded_w,
-             a.out_h, a.out_w, a.stride_h, a.stride_w, 1, 1};
-  // Bands of (nearly) equal height (one short band would leave a thread idle at the end), groups
-  // of channels whose kept weights stay in L1 while each block of the band passes through them.
-  const int64_t bands = std::clamp<int64_t>(
-      (a.out_h * g.padded_w + kBandSize - 1) / kBandSize, 1, std::max<int64_t>(a.out_h, 1));
-  g.rows_per_band = (a.out_h + bands - 1) / bands;
+             a.out_h, a.out_w, a.stride_h, a.stride_w, 1, 1, tile, flat, longest};
+  // Bands of whole tiles of rows, as tall as allows at most kBandSize positions and at most
+  // kBandBytes of input read (every group of channels reads it again: it should stay in L2), then
+  // of (nearly) equal height (one short band would leave a thread idle at the end).
+  int64_t band_rows = tile.rows;
+  while (band_rows + tile.rows <= std::max<int64_t>(a.out_h, 1) &&
+         (band_rows + tile.rows) * a.out_w <= kBandSize &&
+         a.in_channels * input_rows_read(a, band_rows + tile.rows) * plan.padded_w *
+                 int64_t(sizeof(scalar_t)) <= kBandBytes) {
+    band_rows += tile.rows;
+  }
+  const int64_t tiles_high = (a.out_h + tile.rows - 1) / tile.rows;
+  const int64_t bands = std::max<int64_t>(1, (tiles_high * tile.rows + band_rows - 1) / band_rows);
+  g.rows_per_band = (tiles_high + bands - 1) / bands * tile.rows;
+  // Groups of channels whose kept weights stay in L1 while each tile of the band passes through
+  // them, smaller when there would be too few tasks to keep every thread busy to the end.
   const int64_t taps = plan.rows[a.out_channels];
   const int64_t channel_bytes =
       std::max<int64_t>(1, taps / a.out_channels) * int64_t(sizeof(scalar_t) + sizeof(int64_t));
   int64_t per_group = std::clamp<int64_t>(kGroupBytes / channel_bytes, 1, a.out_channels);
-  // Smaller groups when there would be too few tasks to keep every thread busy to the end.
   const int64_t wanted_groups = (kTasksPerThread * at::get_num_threads() + a.batch * bands - 1) /
                                 (a.batch * bands);
   per_group = std::min(per_group, std::max<int64_t>(1, a.out_channels / wanted_groups));
   const int64_t groups = (a.out_channels + per_group - 1) / per_group;
   g.channels_per_group = (a.out_channels + groups - 1) / groups;  // groups of nearly equal size
-  // Blocks read up to kBlock past a row's last output, and a tap reaches at most the kernel's
-  // span into the row below.
-  const int64_t slack = kBlock + (a.kernel_w - 1) * a.dilation_w + g.padded_w;
-  // The input itself serves when the taps need no border and, with unit strides, every row's
-  // positions are outputs (1x1 or kx1 kernels without padding, or only the centre tap landing):
-  // then only the last band's partial blocks could read past the images, and they read exactly
-  // their positions instead. This
-  // saves a copy of the input (a quarter of the time of a 90%-sparse 1x1 layer on 56x56).
-  const bool unit_strides = a.stride_h == 1 && a.stride_w == 1;
-  const bool in_place = plan.top == 0 && plan.left == 0 && plan.padded_h == input.size(2) &&
-                        plan.padded_w == input.size(3) && (!unit_strides || g.padded_w == a.out_w);
+  // The input itself serves when the taps need no border and every tile's reads stay inside it
+  // (other width strides read exactly their positions; a flat band ends its last run at its last
+  // output when the image has room before it): it saves a copy of the input (a quarter of the time of a
+  // 90%-sparse 1x1 layer on 56x56). A bordered copy ends in enough zeros for any tile.
+  const bool needs_no_border = plan.top == 0 && plan.left == 0 &&
+                               plan.padded_h == input.size(2) && plan.padded_w == input.size(3);
+  const bool in_place = needs_no_border && (a.stride_w != 1 || flat);
+  const int64_t slack = kTileVectors * lanes;
   const at::Tensor buffer =
       in_place ? input.contiguous() : bordered_images<scalar_t>(input, plan, slack);
-  convolve(Problem<scalar_t>{g, buffer.const_data_ptr<scalar_t>(), tap_values, plan.rows,
-                             plan.offsets, bias, output.data_ptr<scalar_t>(),
-                             (g.out_h + g.rows_per_band - 1) / g.rows_per_band,
-                             (g.out_channels + g.channels_per_group - 1) / g.channels_per_group,
-                             in_place});
+  const scalar_t* images = buffer.const_data_ptr<scalar_t>();
+  convolve(Problem<scalar_t>{g, images, images + buffer.numel(), tap_values, plan.rows,
+                             plan.offsets, plan.max_offset, bias, output.data_ptr<scalar_t>(),
+                             (a.out_h + g.rows_per_band - 1) / g.rows_per_band, groups});
 }
 
 // The ascending indices of inf and NaN values.

@@ -78,8 +78,10 @@ TapPlan plan_taps_of(const SparseConvArgs& a, int64_t height, int64_t width, con
       next_nonfinite += is_nonfinite;
       if (!shift.lands && !is_nonfinite) continue;
       plan.index.push_back(j);
-      plan.offsets.push_back((channel * plan.padded_h + shift.row + top) * plan.padded_w +
-                             shift.column + left);
+      const int64_t offset =
+          (channel * plan.padded_h + shift.row + top) * plan.padded_w + shift.column + left;
+      plan.offsets.push_back(offset);
+      plan.max_offset = std::max(plan.max_offset, offset);
     }
     plan.rows.push_back(static_cast<int64_t>(plan.offsets.size()));
   }
@@ -181,7 +183,7 @@ TapView unpack_plan(const at::Tensor& packed, const SparseConvArgs& a, int64_t h
                   h.left + width <= h.padded_w && h.padded_h <= a.padded_h &&
                   h.padded_w <= a.padded_w && last_row >= 0 && last_column >= 0,
               kWrongPlan);
-  TapView view{words + kHeaderWords, nullptr, nullptr, h.top, h.left, h.padded_h, h.padded_w};
+  TapView view{words + kHeaderWords, nullptr, nullptr, h.top, h.left, h.padded_h, h.padded_w, 0};
   view.offsets = view.rows + a.out_channels + 1;
   view.index = h.left_out ? view.offsets + h.taps : nullptr;
   TORCH_CHECK(view.rows[0] == 0 && view.rows[a.out_channels] == h.taps, kWrongPlan);
@@ -197,6 +199,7 @@ TapView unpack_plan(const at::Tensor& packed, const SparseConvArgs& a, int64_t h
     high = std::max(high, view.offsets[t]);
   }
   TORCH_CHECK(low >= 0 && high <= last_offset, kWrongPlan);
+  view.max_offset = high;
   if (view.index) {
     low = high = 0;
     for (int64_t t = 0; t < h.taps; ++t) {

@@ -15,22 +15,23 @@ namespace prunekit {
 // read the input in place): the image starts `top` rows and `left` columns into a padded_h x
 // padded_w plane. Tap t of output channel oc (t in [rows[oc], rows[oc + 1])) multiplies
 // values[index[t]] (values[t] when index is null) with the bordered image at offsets[t] from each
-// output's window start.
+// output's window start; no offset is above max_offset (0 when there are no taps).
 struct TapView {
   const int64_t* rows;
   const int64_t* offsets;
   const int64_t* index;  // null: every kept weight is a tap, in order
   int64_t top, left, padded_h, padded_w;
+  int64_t max_offset;
 };
 
 struct TapPlan {
   std::vector<int64_t> rows{0}, offsets, index;  // index: empty unless left_out
-  int64_t top = 0, left = 0, padded_h = 0, padded_w = 0;
+  int64_t top = 0, left = 0, padded_h = 0, padded_w = 0, max_offset = 0;
   bool left_out = false;  // whether some kept weights are not taps
 
   TapView view() const {
     return {rows.data(), offsets.data(), left_out ? index.data() : nullptr,
-            top, left, padded_h, padded_w};
+            top, left, padded_h, padded_w, max_offset};
   }
 };
 
