@@ -5,7 +5,8 @@ For every masked ``nn.Conv2d`` of the run's model, the dense conv (its weight ma
 and the faster one is kept (``sparse_kernels=False`` keeps every layer dense). The result is
 written as a ``torch.export`` program (``model.pt2``) that ``load_exported`` runs with prunekit's
 kernels but without its training code, plus ``export.json``: per layer the sparsity, both
-timings and the chosen kernel, and the end-to-end latency before and after.
+timings and the chosen kernel (with a sparse one's schedule), and the end-to-end latency before
+and after.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class LayerChoice:
     sparse_ms: float | None
     kernel: str                      # "sparse" or "dense"
     why: str = ""                    # why a layer stays dense without being timed
+    schedule: str = ""               # a sparse layer's: how the kernel cuts its work
 
 
 @dataclass
@@ -197,8 +199,9 @@ def choose_kernel(name: str, conv: nn.Conv2d, mask: torch.Tensor, x: torch.Tenso
     except ValueError as exc:  # a layer SparseConv2d cannot take (groups, padding mode)
         return LayerChoice(name, shape, sparsity, None, None, "dense", str(exc))
     kernel = "sparse" if timing.sparse_ms < timing.dense_ms else "dense"
+    schedule = SparseConv2d.from_conv(conv, mask).schedule(x) if kernel == "sparse" else ""
     return LayerChoice(name, shape, sparsity, round(timing.dense_ms, 6),
-                       round(timing.sparse_ms, 6), kernel)
+                       round(timing.sparse_ms, 6), kernel, schedule=schedule)
 
 
 def describe(conv: nn.Conv2d, x: torch.Tensor) -> str:
@@ -274,7 +277,8 @@ def load_exported(path: str | Path) -> nn.Module:
 
 
 def format_report(report: KernelReport) -> str:
-    """Per layer: sparsity, dense and sparse ms, the chosen kernel; then end to end."""
+    """Per layer: sparsity, dense and sparse ms, the chosen kernel (a sparse one's schedule);
+    then end to end."""
     width = max([len(layer.name) for layer in report.layers] + [5])
     shape_width = max([len(layer.shape) for layer in report.layers] + [5])
     lines = [f"{'layer':<{width}}  {'shape':<{shape_width}}  sparsity  dense ms  sparse ms  kernel"]
@@ -282,7 +286,8 @@ def format_report(report: KernelReport) -> str:
         timings = ("       -          -" if layer.dense_ms is None
                    else f"{layer.dense_ms:8.3f}  {layer.sparse_ms:9.3f}")
         lines.append(f"{layer.name:<{width}}  {layer.shape:<{shape_width}}  {layer.sparsity:8.3f}"
-                     f"  {timings}  {layer.kernel}" + (f" ({layer.why})" if layer.why else ""))
+                     f"  {timings}  {layer.kernel}" + (f" ({layer.why})" if layer.why else "")
+                     + (f": {layer.schedule}" if layer.schedule else ""))
     sparse = sum(layer.kernel == "sparse" for layer in report.layers)
     lines.append(f"end to end, input {'x'.join(map(str, report.input_shape))} on "
                  f"{report.device} ({report.threads} threads, {report.simd}): dense "

@@ -1,6 +1,7 @@
 """Exporting a pruned run with sparse kernels (prunekit.export, `prunekit export`) and the
 kernel benchmarks of the command line (`prunekit bench conv|model`)."""
 import json
+import re
 
 import pytest
 import torch
@@ -15,6 +16,9 @@ from prunekit.ops import SparseConv2d
 from helpers import invoke
 
 INPUT = (32, 40)  # the quick run's image size
+# how the CPU kernel cuts a sparse layer's work (sparse_conv2d_schedule)
+SCHEDULE = (r"(tiles \d+x\d+|runs of \d+( \+ border)?|strided), \d+ bands? x \d+ groups?"
+            r"(, in place)?")
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +85,9 @@ def test_export_run_writes_the_model_and_the_per_layer_report(run_dir, tmp_path)
         assert layer["dense_ms"] > 0 and layer["sparse_ms"] > 0
         faster = "sparse" if layer["sparse_ms"] < layer["dense_ms"] else "dense"
         assert layer["kernel"] == faster
+        # a sparse layer says how the kernel cut its work; a dense one has nothing to say
+        assert bool(layer["schedule"]) == (faster == "sparse")
+        assert re.fullmatch(SCHEDULE, layer["schedule"]) or not layer["schedule"]
     assert written["dense_ms"] > 0 and written["chosen_ms"] > 0
     assert written["sparse_layers"] == sum(l["kernel"] == "sparse" for l in written["layers"])
     model, _ = export.load_run(run_dir, "cpu")
@@ -90,7 +97,11 @@ def test_export_run_writes_the_model_and_the_per_layer_report(run_dir, tmp_path)
         want, got = model(x), loaded(x)
     for task in want:
         torch.testing.assert_close(got[task], want[task], rtol=1e-4, atol=1e-4)
-    assert "end to end" in export.format_report(report)
+    table = export.format_report(report)
+    assert "end to end" in table
+    for layer in report.layers:
+        if layer.kernel == "sparse":
+            assert f"sparse: {layer.schedule}" in table
 
 
 def test_dense_kernels_keep_every_layer_dense(run_dir, tmp_path):

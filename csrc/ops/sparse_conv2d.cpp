@@ -1,4 +1,4 @@
-// Schemas of prunekit::sparse_conv2d, its plan and its backward; kernels:
+// Schemas of prunekit::sparse_conv2d, its plan, its schedule and its backward; kernels:
 // cpu/sparse_conv2d_kernel.cpp, cpu/sparse_conv2d_plan.cpp, cpu/sparse_conv2d_backward_kernel.cpp,
 // cuda/sparse_conv2d_kernel.cu.
 #include <torch/library.h>
@@ -17,6 +17,10 @@ TORCH_LIBRARY_FRAGMENT(prunekit, m) {
   // row_offsets and columns do.
   m.def("sparse_conv2d_plan(Tensor input, Tensor values, Tensor row_offsets, Tensor columns, "
         "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  // How the CPU kernel cuts a call on an input of `input`'s shape into work, in words ("tiles
+  // 2x32, 4 bands x 8 groups"): chosen from the shapes, for `prunekit bench model`.
+  m.def("sparse_conv2d_schedule(Tensor input, Tensor values, Tensor row_offsets, Tensor columns, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> str");
   // sparse_conv2d's gradients with respect to the input and to the kept weights (values), for
   // the given grad_output; the bias's gradient is grad_output summed over (N, H, W).
   m.def("sparse_conv2d_backward(Tensor grad_output, Tensor input, Tensor values, "

@@ -19,7 +19,7 @@ except ImportError as exc:  # pragma: no cover - only without a build
                       "(pip install --no-build-isolation -e .)") from exc
 
 from .sparse_conv import (SparseConv2d, sparse_conv2d, sparse_conv2d_plan,  # noqa: E402,F401
-                          sparse_conv2d_reference)
+                          sparse_conv2d_reference, sparse_conv2d_schedule)
 
 
 def cuda_compiled() -> bool:

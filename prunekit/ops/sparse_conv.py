@@ -63,6 +63,19 @@ def sparse_conv2d_plan(input: torch.Tensor, values: torch.Tensor, row_offsets: t
         *_geometry(kernel_size, stride, padding, dilation))
 
 
+def sparse_conv2d_schedule(input: torch.Tensor, values: torch.Tensor, row_offsets: torch.Tensor,
+                           columns: torch.Tensor, kernel_size, stride=1, padding=0,
+                           dilation=1) -> str:
+    """How the CPU kernel cuts a call on ``input``'s shape into work, in words: ``tiles 2x32``
+    (output rows x columns summed in registers at a time), ``runs of 32`` (rows end to end,
+    ``+ border`` when the border's columns are summed and dropped) or ``strided``, then its
+    bands of rows and groups of channels, and ``in place`` when the input is not copied. It is
+    chosen from the shapes, the kept weights' count and the thread count alone."""
+    return torch.ops.prunekit.sparse_conv2d_schedule(
+        input, values.detach(), row_offsets, columns,
+        *_geometry(kernel_size, stride, padding, dilation))
+
+
 @torch.library.register_fake("prunekit::sparse_conv2d")
 def _sparse_conv2d_shape(input, values, row_offsets, columns, bias, kernel_size, stride, padding,
                          dilation, plan=None):
@@ -164,6 +177,14 @@ class SparseConv2d(nn.Module):
                                                 self.columns, self.bias, self.kernel_size,
                                                 self.stride, self.padding, self.dilation,
                                                 self._plan_for(input))
+
+    def schedule(self, input: torch.Tensor) -> str:
+        """How the CPU kernel cuts this layer's work on ``input`` (``sparse_conv2d_schedule``);
+        ``"cuda"`` on a GPU."""
+        if input.device.type != "cpu":
+            return input.device.type
+        return sparse_conv2d_schedule(input, self.values, self.row_offsets, self.columns,
+                                      self.kernel_size, self.stride, self.padding, self.dilation)
 
     def _plan_for(self, input: torch.Tensor) -> torch.Tensor | None:
         """The tap plan for ``input``'s size on CPU, made on the first call at that size and

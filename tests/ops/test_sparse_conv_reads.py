@@ -65,6 +65,11 @@ LAYERS = {
     "3x1 kernel, no padding": (4, 3, (3, 1), 1, 0, 1, (10, 13)),
     "dilation 12 on 8x10: only the centre tap lands": (5, 4, 3, 1, 12, 12, (8, 10)),
     "3x3 padded (bordered copy)": (4, 4, 3, 1, 1, 1, (6, 7)),
+    "1x1 on fewer positions than one vector": (3, 4, 1, 1, 0, 1, (1, 5)),
+    "1x1 on one vector and a bit": (2, 3, 1, 1, 0, 1, (3, 3)),
+    "1x1 in bands, the last short (its last run starts in the band before)": (
+        3, 4, 1, 1, 0, 1, (37, 29)),
+    "3x1 kernel, no padding, rows in tiles": (4, 3, (3, 1), 1, 0, 1, (12, 5)),
 }
 
 

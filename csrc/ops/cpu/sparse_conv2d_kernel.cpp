@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "../../simd/simd.h"
@@ -445,10 +446,21 @@ int64_t input_rows_read(const SparseConvArgs& a, int64_t rows) {
   return span >= a.dilation_h ? span + (a.kernel_h - 1) * a.dilation_h : span * a.kernel_h;
 }
 
-// The convolution of `input` by the taps of `plan`, whose values are tap_values[t].
+// How one call's work is cut: the geometry's tile, bands and groups, and whether the caller's
+// input is read in place. A bordered copy is made and convolved one image at a time (g.batch 1):
+// a batch of bordered images can outgrow the last-level cache (dilation 24 on 30x40: 14 MB an
+// image at 512 channels), which made batch 8 twice as slow per image as batch 1.
+struct Schedule {
+  Geometry g;
+  int64_t bands, groups;
+  bool in_place;
+};
+
+// The schedule of a call on an input of height x width planned as `plan`, for `threads`
+// threads: it depends on the shapes, the number of taps and the element size only.
 template <typename scalar_t>
-void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapView& plan,
-                    const scalar_t* tap_values, const scalar_t* bias, at::Tensor& output) {
+Schedule schedule_for(const SparseConvArgs& a, int64_t height, int64_t width,
+                      const TapView& plan, int64_t threads) {
   constexpr int64_t lanes = kLanes<scalar_t>;
   // Flat runs or tiles of rows, whichever sums fewer positions (flat ones sum the columns past
   // out_w, tiles round each row up to whole vectors and the rows up to whole tiles).
@@ -460,8 +472,16 @@ void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapV
                                   rounded_up(a.out_w, rows_tile.vectors * lanes);
   const bool flat = a.stride_h == 1 && a.stride_w == 1 && flat_positions <= tiled_positions;
   const Tile tile = flat || a.stride_w != 1 ? Tile{1, 1} : rows_tile;
-  Geometry g{a.batch, a.in_channels, a.out_channels, plan.padded_h, plan.padded_w,
-             a.out_h, a.out_w, a.stride_h, a.stride_w, 1, 1, tile, flat, longest};
+  const bool needs_no_border = plan.top == 0 && plan.left == 0 && plan.padded_h == height &&
+                               plan.padded_w == width;
+  // The input itself serves when the taps need no border and every tile's reads stay inside it
+  // (other width strides read exactly their positions; a flat band ends its last run at its last
+  // output when the image has room before it): it saves a copy of the input (a quarter of the
+  // time of a 90%-sparse 1x1 layer on 56x56). A bordered copy ends in enough zeros for any tile.
+  const bool in_place = needs_no_border && (a.stride_w != 1 || flat);
+  Schedule s{{in_place ? a.batch : 1, a.in_channels, a.out_channels, plan.padded_h,
+              plan.padded_w, a.out_h, a.out_w, a.stride_h, a.stride_w, 1, 1, tile, flat, longest},
+             1, 1, in_place};
   // Bands of whole tiles of rows, as tall as allows at most kBandSize positions and at most
   // kBandBytes of input read (every group of channels reads it again: it should stay in L2), then
   // of (nearly) equal height (one short band would leave a thread idle at the end).
@@ -473,33 +493,64 @@ void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapV
     band_rows += tile.rows;
   }
   const int64_t tiles_high = (a.out_h + tile.rows - 1) / tile.rows;
-  const int64_t bands = std::max<int64_t>(1, (tiles_high * tile.rows + band_rows - 1) / band_rows);
-  g.rows_per_band = (tiles_high + bands - 1) / bands * tile.rows;
+  const int64_t wanted_bands = std::max<int64_t>(1, (tiles_high * tile.rows + band_rows - 1) / band_rows);
+  s.g.rows_per_band = (tiles_high + wanted_bands - 1) / wanted_bands * tile.rows;
+  s.bands = std::max<int64_t>(1, (a.out_h + s.g.rows_per_band - 1) / s.g.rows_per_band);
   // Groups of channels whose kept weights stay in L1 while each tile of the band passes through
   // them, smaller when there would be too few tasks to keep every thread busy to the end.
   const int64_t taps = plan.rows[a.out_channels];
   const int64_t channel_bytes =
       std::max<int64_t>(1, taps / a.out_channels) * int64_t(sizeof(scalar_t) + sizeof(int64_t));
   int64_t per_group = std::clamp<int64_t>(kGroupBytes / channel_bytes, 1, a.out_channels);
-  const int64_t wanted_groups = (kTasksPerThread * at::get_num_threads() + a.batch * bands - 1) /
-                                (a.batch * bands);
+  const int64_t wanted_groups = (kTasksPerThread * threads + s.g.batch * s.bands - 1) /
+                                (s.g.batch * s.bands);
   per_group = std::min(per_group, std::max<int64_t>(1, a.out_channels / wanted_groups));
-  const int64_t groups = (a.out_channels + per_group - 1) / per_group;
-  g.channels_per_group = (a.out_channels + groups - 1) / groups;  // groups of nearly equal size
-  // The input itself serves when the taps need no border and every tile's reads stay inside it
-  // (other width strides read exactly their positions; a flat band ends its last run at its last
-  // output when the image has room before it): it saves a copy of the input (a quarter of the time of a
-  // 90%-sparse 1x1 layer on 56x56). A bordered copy ends in enough zeros for any tile.
-  const bool needs_no_border = plan.top == 0 && plan.left == 0 &&
-                               plan.padded_h == input.size(2) && plan.padded_w == input.size(3);
-  const bool in_place = needs_no_border && (a.stride_w != 1 || flat);
-  const int64_t slack = kTileVectors * lanes;
-  const at::Tensor buffer =
-      in_place ? input.contiguous() : bordered_images<scalar_t>(input, plan, slack);
-  const scalar_t* images = buffer.const_data_ptr<scalar_t>();
-  convolve(Problem<scalar_t>{g, images, images + buffer.numel(), tap_values, plan.rows,
-                             plan.offsets, plan.max_offset, bias, output.data_ptr<scalar_t>(),
-                             (a.out_h + g.rows_per_band - 1) / g.rows_per_band, groups});
+  s.groups = (a.out_channels + per_group - 1) / per_group;
+  s.g.channels_per_group = (a.out_channels + s.groups - 1) / s.groups;  // nearly equal groups
+  return s;
+}
+
+// The schedule in words, for `prunekit bench model`: "tiles 2x32" (rows x columns summed in
+// registers at a time), "runs of 32" (rows end to end, "+ border" when the border's columns are
+// summed and dropped) or "strided" (other width strides), then the bands and groups.
+template <typename scalar_t>
+std::string describe(const Schedule& s) {
+  const Geometry& g = s.g;
+  std::string how;
+  if (g.stride_w != 1) {
+    how = "strided";
+  } else if (g.flat) {
+    how = "runs of " + std::to_string(g.longest * kLanes<scalar_t>) +
+          (g.padded_w != g.out_w ? " + border" : "");
+  } else {
+    how = "tiles " + std::to_string(g.tile.rows) + "x" +
+          std::to_string(g.tile.vectors * kLanes<scalar_t>);
+  }
+  return how + ", " + std::to_string(s.bands) + (s.bands == 1 ? " band x " : " bands x ") +
+         std::to_string(s.groups) + (s.groups == 1 ? " group" : " groups") +
+         (s.in_place ? ", in place" : "");
+}
+
+// The convolution of `input` by the taps of `plan`, whose values are tap_values[t].
+template <typename scalar_t>
+void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapView& plan,
+                    const scalar_t* tap_values, const scalar_t* bias, at::Tensor& output) {
+  const Schedule s =
+      schedule_for<scalar_t>(a, input.size(2), input.size(3), plan, at::get_num_threads());
+  const auto convolve_images = [&](const at::Tensor& images, int64_t first_image) {
+    const scalar_t* begin = images.const_data_ptr<scalar_t>();
+    scalar_t* out = output.data_ptr<scalar_t>() + first_image * a.out_channels * a.out_h * a.out_w;
+    convolve(Problem<scalar_t>{s.g, begin, begin + images.numel(), tap_values, plan.rows,
+                               plan.offsets, plan.max_offset, bias, out, s.bands, s.groups});
+  };
+  if (s.in_place) {
+    convolve_images(input.contiguous(), 0);
+    return;
+  }
+  const int64_t slack = kTileVectors * kLanes<scalar_t>;
+  for (int64_t n = 0; n < a.batch; ++n) {
+    convolve_images(bordered_images<scalar_t>(input.narrow(0, n, 1), plan, slack), n);
+  }
 }
 
 // The ascending indices of inf and NaN values.
@@ -561,8 +612,28 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   return output;
 }
 
+std::string sparse_conv2d_schedule_cpu(const at::Tensor& input, const at::Tensor& values,
+                                       const at::Tensor& row_offsets, const at::Tensor& columns,
+                                       at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const SparseConvArgs a = check_sparse_conv_args(input, values, row_offsets, columns,
+                                                  c10::nullopt, kernel_size, stride, padding,
+                                                  dilation);
+  const int64_t height = input.size(2), width = input.size(3);
+  const TapPlan plan = plan_taps(a, height, width, row_offsets, columns, {});
+  std::string words;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sparse_conv2d_schedule_cpu", [&] {
+    words = describe<scalar_t>(
+        schedule_for<scalar_t>(a, height, width, plan.view(), at::get_num_threads()));
+  });
+  return words;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(prunekit, CPU, m) { m.impl("sparse_conv2d", &sparse_conv2d_cpu); }
+TORCH_LIBRARY_IMPL(prunekit, CPU, m) {
+  m.impl("sparse_conv2d", &sparse_conv2d_cpu);
+  m.impl("sparse_conv2d_schedule", &sparse_conv2d_schedule_cpu);
+}
 
 }  // namespace prunekit
