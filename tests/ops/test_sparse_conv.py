@@ -4,13 +4,15 @@ masks (all pruned, all kept, one weight, empty rows), float32 and float64. The r
 shapes run with both builds of the CPU loops (AVX2 and default; the `cpu_build` fixture).
 """
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.ops import SparseConv2d, sparse_conv2d, sparse_conv2d_reference
+from prunekit.ops import (SparseConv2d, sparse_conv2d, sparse_conv2d_reference,
+                          sparse_conv2d_schedule)
 
 from helpers import DEVICES
 TOLERANCE = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -286,3 +288,28 @@ def test_malformed_csr_rows_are_refused(row_offsets, columns, message):
     with pytest.raises(RuntimeError, match=message):
         sparse_conv2d(torch.ones(1, 2, 4, 4), torch.ones(3), torch.tensor(row_offsets),
                       torch.tensor(columns, dtype=torch.int32), 3)
+
+
+@pytest.mark.parametrize("shape, options, size, dtype, how", [
+    ((256, 64, 1), dict(), (56, 56), torch.float32, r"runs of 32, \d+ bands? x \d+ groups?, in place"),
+    ((16, 16, 3), dict(padding=1), (14, 14), torch.float32, r"runs of 64 \+ border, "),
+    ((16, 16, 3), dict(padding=6, dilation=6), (30, 40), torch.float32, r"tiles 1x40, "),
+    ((16, 16, 3), dict(padding=6, dilation=6), (30, 40), torch.float64, r"tiles 1x20, "),
+    ((16, 16, 3), dict(padding=1), (7, 7), torch.float32, r"runs of 64 \+ border, 1 band x "),
+    ((16, 16, 3), dict(padding=1, stride=2), (28, 28), torch.float32, r"strided, "),
+])
+def test_the_schedule_says_how_a_call_is_cut(shape, options, size, dtype, how):
+    """`sparse_conv2d_schedule` (and `SparseConv2d.schedule`, which `bench model` prints): 1x1
+    layers in runs of up to 4 vectors read in place; a 3x3 layer on 14x14 as one run over its
+    16-wide bordered rows (fewer positions than tiles of 16 columns by 4 rows); dilation 6 on
+    40-wide rows in tiles of 5 vectors (a run would sum the 12 border columns of each row); 7x7
+    as one run of 61 positions over its 9-wide rows (an 8x8 tile sums as many); other width
+    strides position by position."""
+    generator = torch.Generator().manual_seed(0)
+    conv = conv_layer(*shape, generator, dtype, **options)
+    layer = SparseConv2d.from_conv(conv, random_mask(conv.weight.shape, 0.1, generator))
+    x = torch.randn(1, shape[0], *size, generator=generator, dtype=dtype)
+    assert re.match(how, layer.schedule(x)), layer.schedule(x)
+    assert layer.schedule(x) == sparse_conv2d_schedule(
+        x, layer.values, layer.row_offsets, layer.columns, layer.kernel_size, layer.stride,
+        layer.padding, layer.dilation)
