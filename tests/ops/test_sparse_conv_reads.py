@@ -70,6 +70,8 @@ LAYERS = {
     "1x1 in bands, the last short (its last run starts in the band before)": (
         3, 4, 1, 1, 0, 1, (37, 29)),
     "3x1 kernel, no padding, rows in tiles": (4, 3, (3, 1), 1, 0, 1, (12, 5)),
+    "1x1 in bands shorter than a run (the last run starts in the band before)": (
+        4096, 2, 1, 1, 0, 1, (17, 2)),
 }
 
 

@@ -65,11 +65,11 @@ struct Tile {
   int64_t rows, vectors;
 };
 
-// Splits `vectors` vectors into the fewest runs of at most kTileVectors, as even as can be (10:
-// runs of 5 and 5, not 8 and 2): run i of `runs` has the vectors `run_vectors` gives.
+// Splits `vectors` vectors into the fewest runs of at most `longest`, as even as can be (10 in
+// runs of at most 8: 5 and 5, not 8 and 2): run i of `runs` has the vectors `run_vectors` gives.
 struct Runs {
   int64_t runs, shorter, longer_runs;  // the first longer_runs runs have shorter + 1 vectors
-  explicit Runs(int64_t vectors, int64_t longest = kTileVectors)
+  Runs(int64_t vectors, int64_t longest)
       : runs((std::max<int64_t>(vectors, 1) + longest - 1) / longest),
         shorter(std::max<int64_t>(vectors, 1) / runs),
         longer_runs(std::max<int64_t>(vectors, 1) % runs) {}
@@ -94,7 +94,7 @@ struct Geometry {
   // Whether a band is summed as one run of positions q = row * padded_w + column (unit
   // strides: output (oh, ow) reads the bordered input at oh * padded_w + ow after each tap's
   // offset), cut in runs of whole vectors (Runs), one run per tile; the columns past out_w are
-  // summed and dropped. Chosen when it sums fewer positions than tiles of rows do.
+  // summed and dropped. Chosen when it sums no more positions than tiles of rows do.
   bool flat;
   int64_t longest;  // vectors of a flat run, at most
 };
@@ -463,7 +463,8 @@ Schedule schedule_for(const SparseConvArgs& a, int64_t height, int64_t width,
                       const TapView& plan, int64_t threads) {
   constexpr int64_t lanes = kLanes<scalar_t>;
   // Flat runs or tiles of rows, whichever sums fewer positions (flat ones sum the columns past
-  // out_w, tiles round each row up to whole vectors and the rows up to whole tiles).
+  // out_w, tiles round each row up to whole vectors and the rows up to whole tiles); flat runs
+  // on a tie (unpadded 1x1 layers: the same positions, cut in longer runs).
   const int64_t longest = a.kernel_h * a.kernel_w == 1 ? kPointwiseVectors : kTileVectors;
   const Tile rows_tile = tile_for(a.out_w, lanes, longest);
   const auto rounded_up = [](int64_t n, int64_t step) { return (n + step - 1) / step * step; };
@@ -616,15 +617,12 @@ std::string sparse_conv2d_schedule_cpu(const at::Tensor& input, const at::Tensor
                                        const at::Tensor& row_offsets, const at::Tensor& columns,
                                        at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                        at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const SparseConvArgs a = check_sparse_conv_args(input, values, row_offsets, columns,
-                                                  c10::nullopt, kernel_size, stride, padding,
-                                                  dilation);
-  const int64_t height = input.size(2), width = input.size(3);
-  const TapPlan plan = plan_taps(a, height, width, row_offsets, columns, {});
+  const PlannedCall call = plan_call(input, values, row_offsets, columns, kernel_size, stride,
+                                     padding, dilation);
   std::string words;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sparse_conv2d_schedule_cpu", [&] {
-    words = describe<scalar_t>(
-        schedule_for<scalar_t>(a, height, width, plan.view(), at::get_num_threads()));
+    words = describe<scalar_t>(schedule_for<scalar_t>(call.args, input.size(2), input.size(3),
+                                                      call.plan.view(), at::get_num_threads()));
   });
   return words;
 }

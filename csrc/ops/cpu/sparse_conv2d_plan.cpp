@@ -121,11 +121,9 @@ at::Tensor sparse_conv2d_plan_cpu(const at::Tensor& input, const at::Tensor& val
                                   const at::Tensor& row_offsets, const at::Tensor& columns,
                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const SparseConvArgs a = check_sparse_conv_args(input, values, row_offsets, columns,
-                                                  c10::nullopt, kernel_size, stride, padding,
-                                                  dilation);
-  const int64_t height = input.size(2), width = input.size(3);
-  return pack_plan(a, height, width, plan_taps(a, height, width, row_offsets, columns, {}));
+  const PlannedCall call = plan_call(input, values, row_offsets, columns, kernel_size, stride,
+                                     padding, dilation);
+  return pack_plan(call.args, input.size(2), input.size(3), call.plan);
 }
 
 }  // namespace
@@ -141,6 +139,16 @@ TapPlan plan_taps(const SparseConvArgs& a, int64_t height, int64_t width,
                                  cols.const_data_ptr<index_t>(), nonfinite);
   });
   return plan;
+}
+
+PlannedCall plan_call(const at::Tensor& input, const at::Tensor& values,
+                      const at::Tensor& row_offsets, const at::Tensor& columns,
+                      at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const SparseConvArgs a = check_sparse_conv_args(input, values, row_offsets, columns,
+                                                  c10::nullopt, kernel_size, stride, padding,
+                                                  dilation);
+  return {a, plan_taps(a, input.size(2), input.size(3), row_offsets, columns, {})};
 }
 
 at::Tensor pack_plan(const SparseConvArgs& a, int64_t height, int64_t width, const TapPlan& plan) {

@@ -43,6 +43,16 @@ TapPlan plan_taps(const SparseConvArgs& a, int64_t height, int64_t width,
                   const at::Tensor& row_offsets, const at::Tensor& columns,
                   const std::vector<int64_t>& nonfinite);
 
+// A plan or schedule call's checked arguments (no bias) and the taps planned for its input size.
+struct PlannedCall {
+  SparseConvArgs args;
+  TapPlan plan;
+};
+PlannedCall plan_call(const at::Tensor& input, const at::Tensor& values,
+                      const at::Tensor& row_offsets, const at::Tensor& columns,
+                      at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation);
+
 // The plan as one int64 tensor: a header naming the call it was made for, then rows, offsets and
 // (when some weights were left out) index.
 at::Tensor pack_plan(const SparseConvArgs& a, int64_t height, int64_t width, const TapPlan& plan);
