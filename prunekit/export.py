@@ -195,11 +195,12 @@ def choose_kernel(name: str, conv: nn.Conv2d, mask: torch.Tensor, x: torch.Tenso
     if not sparse_kernels:
         return LayerChoice(name, shape, sparsity, None, None, "dense", "--sparse-kernels off")
     try:
-        timing = time_dense_and_sparse(conv, mask, x, repeats)
+        sparse = SparseConv2d.from_conv(conv, mask)
     except ValueError as exc:  # a layer SparseConv2d cannot take (groups, padding mode)
         return LayerChoice(name, shape, sparsity, None, None, "dense", str(exc))
+    timing = time_dense_and_sparse(conv, sparse, x, repeats)
     kernel = "sparse" if timing.sparse_ms < timing.dense_ms else "dense"
-    schedule = SparseConv2d.from_conv(conv, mask).schedule(x) if kernel == "sparse" else ""
+    schedule = sparse.schedule(x) if kernel == "sparse" else ""
     return LayerChoice(name, shape, sparsity, round(timing.dense_ms, 6),
                        round(timing.sparse_ms, 6), kernel, schedule=schedule)
 

@@ -63,10 +63,9 @@ class ConvTiming:
         return self.dense_ms / self.sparse_ms
 
 
-def time_dense_and_sparse(conv: nn.Conv2d, mask: torch.Tensor, x: torch.Tensor,
+def time_dense_and_sparse(conv: nn.Conv2d, sparse: SparseConv2d, x: torch.Tensor,
                           repeats: int) -> ConvTiming:
     """``conv`` (its weight already masked) against its ``SparseConv2d`` on input ``x``."""
-    sparse = SparseConv2d.from_conv(conv, mask)
     return ConvTiming(*interleaved_median_ms([conv, sparse], x, repeats))
 
 
@@ -93,7 +92,7 @@ def bench_conv(sparsities: Sequence[float], device: str = "cpu", batch: int = 1,
                         generator=generator).to(device)
         for sparsity in sparsities:
             conv, mask = random_masked_conv(shape, sparsity, device, generator)
-            timing = time_dense_and_sparse(conv, mask, x, repeats)
+            timing = time_dense_and_sparse(conv, SparseConv2d.from_conv(conv, mask), x, repeats)
             positions = shape.output_positions(batch)
             rows.append({"layer": shape.name, "batch": batch, "sparsity": sparsity,
                          "dense_ms": round(timing.dense_ms, 6),

@@ -310,6 +310,7 @@ def test_the_schedule_says_how_a_call_is_cut(shape, options, size, dtype, how):
     layer = SparseConv2d.from_conv(conv, random_mask(conv.weight.shape, 0.1, generator))
     x = torch.randn(1, shape[0], *size, generator=generator, dtype=dtype)
     assert re.match(how, layer.schedule(x)), layer.schedule(x)
+    assert layer.schedule(x.to("meta")) == "meta"  # the CPU kernel's words only; a GPU: "cuda"
     assert layer.schedule(x) == sparse_conv2d_schedule(
         x, layer.values, layer.row_offsets, layer.columns, layer.kernel_size, layer.stride,
         layer.padding, layer.dilation)

@@ -12,15 +12,18 @@
 // (x_pad: the input with the layer's padding; the narrower border reads the same values).
 // With a unit width stride, the outputs (oh, ow..ow+w) of one row read w consecutive elements
 // after each tap's offset. The outputs are cut in tiles of a few rows by a few 8-float vectors of
-// columns (tile_for: as many columns as the row has, rounded up to whole vectors, and more rows
-// when the row is short), whose sums stay in registers while every kept weight of the channel
-// adds its contribution: one broadcast and one fused multiply-add per vector of the tile (AVX2),
-// eight independent sums so the adds do not wait on each other, and the output written once.
-// Other width strides sum each output row's positions one by one.
+// columns (tile_for: a row's columns in even runs of whole vectors, and more rows when the row is
+// short), or, where that sums fewer positions, a band of rows is one run over the bordered rows
+// whose border columns are summed and dropped (1x1 layers, small padded planes). A tile's sums
+// stay in registers while every kept weight of the channel adds its contribution: one broadcast
+// and one fused multiply-add per vector of the tile (AVX2), up to eight independent sums so the
+// adds do not wait on each other, and the output written once. Other width strides sum each
+// output row's positions one by one. How a call is cut (schedule_for) is a function of its
+// shapes, its kept weights' count and the thread count; sparse_conv2d_schedule says it in words.
 // Work is split over (image, band of output rows, group of output channels); inside a task each
 // tile passes through every channel of the group before the next tile, so the tile's input is
 // read from cache by all channels but the first, and the group's kept weights stay in L1 across
-// tiles.
+// tiles. Bands are short enough that the input they read stays in L2.
 // The task loop is compiled twice, for AVX2+FMA and for the build's default target (plain
 // x86-64), and the AVX2 one is chosen at run time when the CPU has it.
 #include <ATen/ATen.h>
@@ -411,33 +414,28 @@ void convolve(const Problem<scalar_t>& p) {
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { loop(p, begin, end); });
 }
 
-// Each image of `input` inside its zero border, planes one after another, then `slack` zeros.
+// One image's `channels` planes of height x width from `from`, each inside its zero border
+// (plan), one after another from `to`.
 template <typename scalar_t>
-at::Tensor bordered_images(const at::Tensor& input, const TapView& plan, int64_t slack) {
-  const at::Tensor x = input.contiguous();
-  const int64_t planes = x.size(0) * x.size(1), height = x.size(2), width = x.size(3);
+void border_image(const scalar_t* from, int64_t channels, int64_t height, int64_t width,
+                  const TapView& plan, scalar_t* to) {
   const int64_t plane = plan.padded_h * plan.padded_w;
-  at::Tensor buffer = at::empty({planes * plane + slack}, x.options());
-  const scalar_t* from = x.const_data_ptr<scalar_t>();
-  scalar_t* to = buffer.data_ptr<scalar_t>();
   // Threads only for work worth waking them (a fork costs more than a small layer's copy).
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(plane, 1));
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      scalar_t* out = to + p * plane;
+  at::parallel_for(0, channels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      scalar_t* out = to + c * plane;
       std::fill(out, out + plan.top * plan.padded_w, scalar_t(0));
       for (int64_t h = 0; h < height; ++h) {
         scalar_t* line = out + (plan.top + h) * plan.padded_w;
         std::fill(line, line + plan.left, scalar_t(0));
-        std::copy(from + (p * height + h) * width, from + (p * height + h + 1) * width,
+        std::copy(from + (c * height + h) * width, from + (c * height + h + 1) * width,
                   line + plan.left);
         std::fill(line + plan.left + width, line + plan.padded_w, scalar_t(0));
       }
       std::fill(out + (plan.top + height) * plan.padded_w, out + plane, scalar_t(0));
     }
   });
-  std::fill(to + planes * plane, to + planes * plane + slack, scalar_t(0));
-  return buffer;
 }
 
 // Distinct input rows that `rows` consecutive output rows read in one channel.
@@ -538,19 +536,29 @@ void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapV
                     const scalar_t* tap_values, const scalar_t* bias, at::Tensor& output) {
   const Schedule s =
       schedule_for<scalar_t>(a, input.size(2), input.size(3), plan, at::get_num_threads());
-  const auto convolve_images = [&](const at::Tensor& images, int64_t first_image) {
-    const scalar_t* begin = images.const_data_ptr<scalar_t>();
-    scalar_t* out = output.data_ptr<scalar_t>() + first_image * a.out_channels * a.out_h * a.out_w;
-    convolve(Problem<scalar_t>{s.g, begin, begin + images.numel(), tap_values, plan.rows,
-                               plan.offsets, plan.max_offset, bias, out, s.bands, s.groups});
+  const at::Tensor x = input.contiguous();
+  // The images from `images` (readable up to `end`), the outputs from image `first`.
+  const auto convolve_images = [&](const scalar_t* images, const scalar_t* end, int64_t first) {
+    scalar_t* out = output.data_ptr<scalar_t>() + first * a.out_channels * a.out_h * a.out_w;
+    convolve(Problem<scalar_t>{s.g, images, end, tap_values, plan.rows, plan.offsets,
+                               plan.max_offset, bias, out, s.bands, s.groups});
   };
+  const scalar_t* images = x.const_data_ptr<scalar_t>();
   if (s.in_place) {
-    convolve_images(input.contiguous(), 0);
+    convolve_images(images, images + x.numel(), 0);
     return;
   }
+  // One bordered image at a time, in one buffer that ends in enough zeros for any tile.
+  const int64_t height = x.size(2), width = x.size(3);
+  const int64_t bordered = a.in_channels * plan.padded_h * plan.padded_w;
   const int64_t slack = kTileVectors * kLanes<scalar_t>;
+  at::Tensor buffer = at::empty({bordered + slack}, x.options());
+  scalar_t* image = buffer.data_ptr<scalar_t>();
+  std::fill(image + bordered, image + bordered + slack, scalar_t(0));
   for (int64_t n = 0; n < a.batch; ++n) {
-    convolve_images(bordered_images<scalar_t>(input.narrow(0, n, 1), plan, slack), n);
+    border_image(images + n * a.in_channels * height * width, a.in_channels, height, width,
+                 plan, image);
+    convolve_images(image, image + bordered + slack, n);
   }
 }
 
