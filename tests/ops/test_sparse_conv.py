@@ -184,6 +184,27 @@ def test_adversarial_masks(case, device):
         assert torch.equal(got, conv.bias.detach().to(device).view(1, -1, 1, 1).expand_as(got))
 
 
+@pytest.mark.usefixtures("cpu_build")
+@pytest.mark.parametrize("padding,dilation", [(1, 1), (3, 3), (6, 6)])
+def test_a_bordered_image_after_a_nan_one_reads_zeros_in_its_border(padding, dilation):
+    """Bordered images share one buffer whose border is zeroed once per call: an image after one
+    of NaNs (in the batch, or in the call before, whose freed buffer the allocator may hand back)
+    must read zeros in its border and only its own pixels inside."""
+    generator = torch.Generator().manual_seed(9)
+    conv = conv_layer(4, 5, 3, generator, padding=padding, dilation=dilation)
+    mask = random_mask(conv.weight.shape, 0.6, generator)
+    sparse = SparseConv2d.from_conv(conv, mask)
+    poisoned = torch.full((1, 4, 9, 11), math.nan)
+    finite = torch.randn(2, 4, 9, 11, generator=generator)
+    sparse(poisoned)
+    got = sparse(torch.cat([poisoned, finite]))
+    want = F.conv2d(finite, conv.weight.detach() * mask, conv.bias.detach(), padding=padding,
+                    dilation=dilation)
+    assert got[0].isnan().all()
+    torch.testing.assert_close(got[1:], want, **TOLERANCE[torch.float32])
+    torch.testing.assert_close(sparse(finite), want, **TOLERANCE[torch.float32])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_batch_of_zero_images_and_values_beyond_finite(device):
     generator = torch.Generator().manual_seed(1)

@@ -414,26 +414,45 @@ void convolve(const Problem<scalar_t>& p) {
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { loop(p, begin, end); });
 }
 
-// One image's `channels` planes of height x width from `from`, each inside its zero border
-// (plan), one after another from `to`.
+// Work-splitting grain for copying planes of `plane` elements: threads only for work worth
+// waking them (a fork costs more than a small layer's copy).
+int64_t copy_grain(int64_t plane) {
+  return std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(plane, 1));
+}
+
+// Zeroes the border (plan) around the image's place in each of `channels` padded planes from
+// `to`: once per call, as every image of the call is copied into the same places (a border can
+// be several times the image: dilation 24 on 30x40 makes 78x88 planes).
 template <typename scalar_t>
-void border_image(const scalar_t* from, int64_t channels, int64_t height, int64_t width,
-                  const TapView& plan, scalar_t* to) {
+void zero_border(int64_t channels, int64_t height, int64_t width, const TapView& plan,
+                 scalar_t* to) {
   const int64_t plane = plan.padded_h * plan.padded_w;
-  // Threads only for work worth waking them (a fork costs more than a small layer's copy).
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(plane, 1));
-  at::parallel_for(0, channels, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, channels, copy_grain(plane), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       scalar_t* out = to + c * plane;
       std::fill(out, out + plan.top * plan.padded_w, scalar_t(0));
       for (int64_t h = 0; h < height; ++h) {
         scalar_t* line = out + (plan.top + h) * plan.padded_w;
         std::fill(line, line + plan.left, scalar_t(0));
-        std::copy(from + (c * height + h) * width, from + (c * height + h + 1) * width,
-                  line + plan.left);
         std::fill(line + plan.left + width, line + plan.padded_w, scalar_t(0));
       }
       std::fill(out + (plan.top + height) * plan.padded_w, out + plane, scalar_t(0));
+    }
+  });
+}
+
+// Copies one image's `channels` planes of height x width from `from` into their places inside
+// the zero borders of zero_border.
+template <typename scalar_t>
+void copy_into_border(const scalar_t* from, int64_t channels, int64_t height, int64_t width,
+                      const TapView& plan, scalar_t* to) {
+  const int64_t plane = plan.padded_h * plan.padded_w;
+  at::parallel_for(0, channels, copy_grain(height * width), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      for (int64_t h = 0; h < height; ++h) {
+        std::copy(from + (c * height + h) * width, from + (c * height + h + 1) * width,
+                  to + c * plane + (plan.top + h) * plan.padded_w + plan.left);
+      }
     }
   });
 }
@@ -548,16 +567,18 @@ void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapV
     convolve_images(images, images + x.numel(), 0);
     return;
   }
-  // One bordered image at a time, in one buffer that ends in enough zeros for any tile.
+  // One bordered image at a time, in one buffer that ends in enough zeros for any tile; its
+  // border is zeroed once, and each image overwrites only the inside.
   const int64_t height = x.size(2), width = x.size(3);
   const int64_t bordered = a.in_channels * plan.padded_h * plan.padded_w;
   const int64_t slack = kTileVectors * kLanes<scalar_t>;
   at::Tensor buffer = at::empty({bordered + slack}, x.options());
   scalar_t* image = buffer.data_ptr<scalar_t>();
   std::fill(image + bordered, image + bordered + slack, scalar_t(0));
+  zero_border(a.in_channels, height, width, plan, image);
   for (int64_t n = 0; n < a.batch; ++n) {
-    border_image(images + n * a.in_channels * height * width, a.in_channels, height, width,
-                 plan, image);
+    copy_into_border(images + n * a.in_channels * height * width, a.in_channels, height, width,
+                     plan, image);
     convolve_images(image, image + bordered + slack, n);
   }
 }
