@@ -311,6 +311,25 @@ def test_malformed_csr_rows_are_refused(row_offsets, columns, message):
                       torch.tensor(columns, dtype=torch.int32), 3)
 
 
+@pytest.mark.parametrize("shape, size, how", [
+    ((256, 64), (56, 56), "runs of 32, 8 bands x 1 group, in place"),
+    ((1024, 256), (14, 14), "runs of 32, 2 bands x 10 groups, in place"),
+])
+def test_a_1x1_layer_gives_threads_bands_before_groups(shape, size, how):
+    """With 2 threads (4 tasks each), a 1x1 layer on 56x56 is cut in 8 bands of one group, each
+    input byte read once (every group reads its band again); 14x14 (196 positions) is not cut
+    below 128 positions a band: its 2 bands (their input within L2) get groups of channels."""
+    generator = torch.Generator().manual_seed(0)
+    conv = conv_layer(*shape, 1, generator)
+    layer = SparseConv2d.from_conv(conv, random_mask(conv.weight.shape, 0.1, generator))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert layer.schedule(torch.randn(1, shape[0], *size, generator=generator)) == how
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("shape, options, size, dtype, how", [
     ((256, 64, 1), dict(), (56, 56), torch.float32, r"runs of 32, \d+ bands? x \d+ groups?, in place"),
     ((16, 16, 3), dict(padding=1), (14, 14), torch.float32, r"runs of 64 \+ border, "),
