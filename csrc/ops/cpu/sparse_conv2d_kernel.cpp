@@ -48,10 +48,12 @@ namespace {
 
 constexpr int64_t kTileVectors = 8;  // sums of a tile held in 32-byte vector registers
 constexpr int64_t kStridedBlock = 64;  // outputs of one row summed at a time, other strides
-// 1x1 layers' rows are cut in runs of at most this many vectors: with their few kept weights
-// per channel, 8-vector runs measured 10-20% slower than 4-vector ones (1x1 256->64 on 56x56 at
-// 90-95%), where 3x3 layers gain from 8.
+// 1x1 layers with fewer than kLongPointwise kept weights a channel are cut in runs of at most
+// kPointwiseVectors: 8-vector runs measured 10-20% slower than 4-vector ones on 1x1 256->64 on
+// 56x56 at 90-95% (13-26 kept weights), and 2-8% faster with 76-256 (1x1 256->64 at 70%,
+// 1024->256 at 80-90%, 1024->1024 at 75%), as on 3x3 layers.
 constexpr int64_t kPointwiseVectors = 4;
+constexpr int64_t kLongPointwise = 64;
 // Tiles of rows ask for the input of the kept weight this many further on while they add one
 // (a prefetch): their reads jump between input channels and kernel rows, from L2, where the
 // hardware does not guess them (3x3 layers with dilation 2-12: 5-9% faster measured; flat runs
@@ -508,7 +510,9 @@ Schedule schedule_for(const SparseConvArgs& a, int64_t height, int64_t width,
   // Flat runs or tiles of rows, whichever sums fewer positions (flat ones sum the columns past
   // out_w, tiles round each row up to whole vectors and the rows up to whole tiles); flat runs
   // on a tie (unpadded 1x1 layers: the same positions, cut in longer runs).
-  const int64_t longest = a.kernel_h * a.kernel_w == 1 ? kPointwiseVectors : kTileVectors;
+  const int64_t taps = plan.rows[a.out_channels];
+  const bool few_taps = a.kernel_h * a.kernel_w == 1 && taps < kLongPointwise * a.out_channels;
+  const int64_t longest = few_taps ? kPointwiseVectors : kTileVectors;
   const Tile rows_tile = tile_for(a.out_w, lanes, longest);
   const auto rounded_up = [](int64_t n, int64_t step) { return (n + step - 1) / step * step; };
   const int64_t flat_positions = rounded_up((a.out_h - 1) * plan.padded_w + a.out_w, lanes);
@@ -553,7 +557,6 @@ Schedule schedule_for(const SparseConvArgs& a, int64_t height, int64_t width,
   s.bands = std::max<int64_t>(1, (a.out_h + s.g.rows_per_band - 1) / s.g.rows_per_band);
   // Groups of channels whose kept weights stay in L1 while each tile of the band passes through
   // them, smaller when there would be too few tasks to keep every thread busy to the end.
-  const int64_t taps = plan.rows[a.out_channels];
   const int64_t channel_bytes =
       std::max<int64_t>(1, taps / a.out_channels) * int64_t(sizeof(scalar_t) + sizeof(int64_t));
   int64_t per_group = std::clamp<int64_t>(kGroupBytes / channel_bytes, 1, a.out_channels);
