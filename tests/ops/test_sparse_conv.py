@@ -96,25 +96,26 @@ def test_network_layer_shapes(shape, options, width, device):
 
 @pytest.mark.usefixtures("cpu_build")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("kernel, options", [
-    (3, dict(padding=1)),                    # rows in tiles, or one run over padded rows
-    (3, dict(padding=6, dilation=6)),        # wide border: tiles skip its columns
-    (1, dict()),                             # one run of the plane, read in place
-    ((3, 1), dict(padding=(1, 0))),          # one run, bordered above and below
-    (3, dict(stride=(2, 1), padding=1)),     # tiles of rows two input rows apart
+@pytest.mark.parametrize("kernel, options, in_channels", [
+    (3, dict(padding=1), 3),                 # rows in tiles, or one run over padded rows
+    (3, dict(padding=6, dilation=6), 3),     # wide border: tiles skip its columns
+    (1, dict(), 3),                          # one run of the plane, read in place
+    (1, dict(), 200),                        # the same in runs of 8 vectors (64+ kept weights)
+    ((3, 1), dict(padding=(1, 0)), 3),       # one run, bordered above and below
+    (3, dict(stride=(2, 1), padding=1), 3),  # tiles of rows two input rows apart
 ])
-def test_every_tile_shape(kernel, options, dtype):
+def test_every_tile_shape(kernel, options, in_channels, dtype):
     """The CPU kernel sums a row of outputs in runs of 1 to 8 whole vectors (8 floats or 4
     doubles), stacking up to 8 short rows in one tile, or a band of rows as one run; the last
     tile of a band may be short of rows or start early. Widths 1-70 and long rows, heights that
     leave every remainder, and planes of several bands cover each case on both dtypes."""
     generator = torch.Generator().manual_seed(11)
-    conv = conv_layer(3, 4, kernel, generator, dtype, **options)
+    conv = conv_layer(in_channels, 4, kernel, generator, dtype, **options)
     sizes = [(heights[width % 4], width) for width in range(1, 71)
              for heights in ((1, 3, 9, 13), (2, 5, 11, 17))]
     sizes += [(5, 100), (7, 131), (37, 29), (50, 41), (33, 33)]
     for height, width in sizes:
-        x = torch.randn(2, 3, height, width, generator=generator, dtype=dtype)
+        x = torch.randn(2, in_channels, height, width, generator=generator, dtype=dtype)
         assert_matches_reference(conv, random_mask(conv.weight.shape, 0.4, generator), x)
 
 

@@ -72,6 +72,8 @@ LAYERS = {
     "3x1 kernel, no padding, rows in tiles": (4, 3, (3, 1), 1, 0, 1, (12, 5)),
     "1x1 in bands shorter than a run (the last run starts in the band before)": (
         4096, 2, 1, 1, 0, 1, (17, 2)),
+    "1x1 with 64 or more kept weights a channel (runs of 8 vectors), in bands": (
+        160, 3, 1, 1, 0, 1, (37, 29)),
 }
 
 
