@@ -17,13 +17,15 @@
 // whose border columns are summed and dropped (1x1 layers, small padded planes). A tile's sums
 // stay in registers while every kept weight of the channel adds its contribution: one broadcast
 // and one fused multiply-add per vector of the tile (AVX2), up to eight independent sums so the
-// adds do not wait on each other, and the output written once. Other width strides sum each
+// adds do not wait on each other, and the output written once. Tiles of rows prefetch the input
+// of the kept weight a few on, whose place the hardware cannot guess. Other width strides sum each
 // output row's positions one by one. How a call is cut (schedule_for) is a function of its
 // shapes, its kept weights' count and the thread count; sparse_conv2d_schedule says it in words.
 // Work is split over (image, band of output rows, group of output channels); inside a task each
 // tile passes through every channel of the group before the next tile, so the tile's input is
 // read from cache by all channels but the first, and the group's kept weights stay in L1 across
-// tiles. Bands are short enough that the input they read stays in L2.
+// tiles. Bands are short enough that the input they read stays in L2. Bordered images are copied
+// one at a time into one buffer whose border is zeroed once a call.
 // The task loop is compiled twice, for AVX2+FMA and for the build's default target (plain
 // x86-64), and the AVX2 one is chosen at run time when the CPU has it.
 #include <ATen/ATen.h>
@@ -108,6 +110,9 @@ struct Geometry {
   // summed and dropped. Chosen when it sums no more positions than tiles of rows do.
   bool flat;
   int64_t longest;  // vectors of a flat run, at most
+  // Elements of each input channel a band reads from its first row, when they are to be
+  // prefetched into L2 before the band's first group (warm_band), else 0.
+  int64_t band_span = 0;
 };
 
 // One output channel's kept weights: values and their offsets into one padded image.
@@ -378,6 +383,22 @@ PRUNEKIT_INLINE void strided_band(const Problem<scalar_t>& p, const scalar_t* im
   }
 }
 
+// Prefetches the input a band from output row `first` reads into L2, channel by channel in
+// order: the tiles read it in the order of the kept weights, jumping between channels, which the
+// hardware does not stream from memory (an input read in place can be there: 1x1 layers at
+// batch 8).
+template <typename scalar_t>
+PRUNEKIT_INLINE void warm_band(const Geometry& g, const scalar_t* image, int64_t first) {
+  constexpr int64_t line = 64 / sizeof(scalar_t);  // elements of a cache line
+  const int64_t plane = g.padded_h * g.padded_w;
+  const int64_t start = first * g.stride_h * g.padded_w;
+  const int64_t length = std::min(g.band_span, plane - start);
+  for (int64_t c = 0; c < g.in_channels; ++c) {
+    const scalar_t* from = image + c * plane + start;
+    for (int64_t i = 0; i < length; i += line) __builtin_prefetch(from + i, 0, 2);
+  }
+}
+
 // Tasks [begin, end) of (image, band of output rows, group of output channels), group fastest,
 // so consecutive tasks of a thread reuse one band's input rows from cache.
 template <typename scalar_t>
@@ -394,6 +415,7 @@ PRUNEKIT_INLINE void run_tasks(const Problem<scalar_t>& p, int64_t begin, int64_
     const int64_t oc_end = std::min(g.out_channels, oc_begin + g.channels_per_group);
     const scalar_t* image = p.padded + n * image_size;
     scalar_t* planes = p.output + n * g.out_channels * g.out_h * g.out_w;
+    if (g.band_span > 0 && (group == 0 || task == begin)) warm_band(g, image, first);
     if (g.stride_w == 1) {
       tiled_band(p, image, planes, oc_begin, oc_end, first, last);
     } else {
@@ -555,6 +577,8 @@ Schedule schedule_for(const SparseConvArgs& a, int64_t height, int64_t width,
   }
   s.g.rows_per_band = (tiles_high + wanted_bands - 1) / wanted_bands * tile.rows;
   s.bands = std::max<int64_t>(1, (a.out_h + s.g.rows_per_band - 1) / s.g.rows_per_band);
+  // An input read in place may come from memory (a bordered copy was just written to cache).
+  if (in_place) s.g.band_span = input_rows_read(a, s.g.rows_per_band) * plan.padded_w;
   // Groups of channels whose kept weights stay in L1 while each tile of the band passes through
   // them, smaller when there would be too few tasks to keep every thread busy to the end.
   const int64_t channel_bytes =
