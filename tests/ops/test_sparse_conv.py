@@ -186,6 +186,38 @@ def test_adversarial_masks(case, device):
 
 
 @pytest.mark.usefixtures("cpu_build")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kernel, options", [(1, dict()), (3, dict(padding=1)),
+                                             (3, dict(padding=2, dilation=2, stride=(1, 2)))])
+@pytest.mark.parametrize("channels", [5, 16, 37])
+def test_inputs_in_any_layout(channels, kernel, options, dtype, device):
+    """Channels-last inputs (copied into the kernel's planes a block of channels at a time, never
+    made contiguous whole), views whose columns or channels are strided, and a broadcast image
+    give the dense conv's outputs; only a contiguous input is read in place."""
+    generator = torch.Generator().manual_seed(channels)
+    conv = conv_layer(channels, 6, kernel, generator, dtype, **options)
+    mask = random_mask(conv.weight.shape, 0.5, generator)
+    wide = torch.randn(2, 2 * channels, 11, 26, generator=generator, dtype=dtype)
+    inputs = {
+        "channels last": wide[:, :channels, :, :13].contiguous(
+            memory_format=torch.channels_last),
+        "every other column": wide[:, :channels, :, ::2],
+        "every other channel": wide[:, ::2],
+        "one image broadcast": wide[:1, :channels, :, :13].expand(3, -1, -1, -1),
+    }
+    for name, x in inputs.items():
+        assert not x.is_contiguous(), name
+        got = assert_matches_reference(conv, mask, x, device)
+        assert got.is_contiguous()
+        if device == "cpu":
+            words = SparseConv2d.from_conv(conv, mask).schedule(x)
+            assert "in place" not in words
+            if kernel == 1:
+                assert "in place" in SparseConv2d.from_conv(conv, mask).schedule(x.contiguous())
+
+
+@pytest.mark.usefixtures("cpu_build")
 @pytest.mark.parametrize("padding,dilation", [(1, 1), (3, 3), (6, 6)])
 def test_a_bordered_image_after_a_nan_one_reads_zeros_in_its_border(padding, dilation):
     """Bordered images share one buffer whose border is zeroed once per call: an image after one

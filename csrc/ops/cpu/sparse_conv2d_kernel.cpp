@@ -491,17 +491,49 @@ void zero_border(int64_t channels, int64_t height, int64_t width, const TapView&
   });
 }
 
-// Copies one image's `channels` planes of height x width from `from` into their places inside
-// the zero borders of zero_border.
+// Elements between neighbouring channels, rows and columns of an image (its tensor's strides).
+struct Steps {
+  int64_t channel, row, column;
+};
+
+// Channels copied together from an image whose columns are not consecutive (channels last):
+// each position's reads are then a cache line of channels.
+constexpr int64_t kCopiedChannels = 16;
+
+// Copies one image's `channels` planes of height x width, element (c, h, w) at
+// from[c * step.channel + h * step.row + w * step.column], into their places inside the zero
+// borders of zero_border: row by row when columns are consecutive (NCHW), else kCopiedChannels
+// channels of a row at a time, position by position (a channels-last image is read in order,
+// and never copied whole to NCHW first).
 template <typename scalar_t>
-void copy_into_border(const scalar_t* from, int64_t channels, int64_t height, int64_t width,
-                      const TapView& plan, scalar_t* to) {
+void copy_into_border(const scalar_t* from, Steps step, int64_t channels, int64_t height,
+                      int64_t width, const TapView& plan, scalar_t* to) {
   const int64_t plane = plan.padded_h * plan.padded_w;
-  at::parallel_for(0, channels, copy_grain(height * width), [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      for (int64_t h = 0; h < height; ++h) {
-        std::copy(from + (c * height + h) * width, from + (c * height + h + 1) * width,
-                  to + c * plane + (plan.top + h) * plan.padded_w + plan.left);
+  const auto place = [&](int64_t c, int64_t h) {
+    return to + c * plane + (plan.top + h) * plan.padded_w + plan.left;
+  };
+  if (step.column == 1) {
+    at::parallel_for(0, channels, copy_grain(height * width), [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        for (int64_t h = 0; h < height; ++h) {
+          const scalar_t* row = from + c * step.channel + h * step.row;
+          std::copy(row, row + width, place(c, h));
+        }
+      }
+    });
+    return;
+  }
+  const int64_t blocks = (channels + kCopiedChannels - 1) / kCopiedChannels;
+  const int64_t grain = copy_grain(kCopiedChannels * width);
+  at::parallel_for(0, blocks * height, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t first = task / height * kCopiedChannels, h = task % height;
+      const int64_t count = std::min(kCopiedChannels, channels - first);
+      scalar_t* rows[kCopiedChannels];
+      for (int64_t i = 0; i < count; ++i) rows[i] = place(first + i, h);
+      const scalar_t* line = from + first * step.channel + h * step.row;
+      for (int64_t w = 0; w < width; ++w, line += step.column) {
+        for (int64_t i = 0; i < count; ++i) rows[i][w] = line[i * step.channel];
       }
     }
   });
@@ -524,9 +556,10 @@ struct Schedule {
 };
 
 // The schedule of a call on an input of height x width planned as `plan`, for `threads`
-// threads: it depends on the shapes, the number of taps and the element size only.
+// threads: it depends on the shapes, whether the input is contiguous (NCHW), the number of taps
+// and the element size only.
 template <typename scalar_t>
-Schedule schedule_for(const SparseConvArgs& a, int64_t height, int64_t width,
+Schedule schedule_for(const SparseConvArgs& a, int64_t height, int64_t width, bool contiguous,
                       const TapView& plan, int64_t threads) {
   constexpr int64_t lanes = kLanes<scalar_t>;
   // Flat runs or tiles of rows, whichever sums fewer positions (flat ones sum the columns past
@@ -544,11 +577,12 @@ Schedule schedule_for(const SparseConvArgs& a, int64_t height, int64_t width,
   const Tile tile = flat || a.stride_w != 1 ? Tile{1, 1} : rows_tile;
   const bool needs_no_border = plan.top == 0 && plan.left == 0 && plan.padded_h == height &&
                                plan.padded_w == width;
-  // The input itself serves when the taps need no border and every tile's reads stay inside it
-  // (other width strides read exactly their positions; a flat band ends its last run at its last
-  // output when the image has room before it): it saves a copy of the input (a quarter of the
-  // time of a 90%-sparse 1x1 layer on 56x56). A bordered copy ends in enough zeros for any tile.
-  const bool in_place = needs_no_border && (a.stride_w != 1 || flat);
+  // The input itself serves when it is contiguous, the taps need no border and every tile's
+  // reads stay inside it (other width strides read exactly their positions; a flat band ends its
+  // last run at its last output when the image has room before it): it saves a copy of the input
+  // (a quarter of the time of a 90%-sparse 1x1 layer on 56x56). A bordered copy ends in enough
+  // zeros for any tile.
+  const bool in_place = contiguous && needs_no_border && (a.stride_w != 1 || flat);
   Schedule s{{in_place ? a.batch : 1, a.in_channels, a.out_channels, plan.padded_h,
               plan.padded_w, a.out_h, a.out_w, a.stride_h, a.stride_w, 1, 1, tile, flat, longest},
              1, 1, in_place};
@@ -617,32 +651,33 @@ std::string describe(const Schedule& s) {
 template <typename scalar_t>
 void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapView& plan,
                     const scalar_t* tap_values, const scalar_t* bias, at::Tensor& output) {
-  const Schedule s =
-      schedule_for<scalar_t>(a, input.size(2), input.size(3), plan, at::get_num_threads());
-  const at::Tensor x = input.contiguous();
+  const int64_t height = input.size(2), width = input.size(3);
+  const Schedule s = schedule_for<scalar_t>(a, height, width, input.is_contiguous(), plan,
+                                            at::get_num_threads());
   // The images from `images` (readable up to `end`), the outputs from image `first`.
   const auto convolve_images = [&](const scalar_t* images, const scalar_t* end, int64_t first) {
     scalar_t* out = output.data_ptr<scalar_t>() + first * a.out_channels * a.out_h * a.out_w;
     convolve(Problem<scalar_t>{s.g, images, end, tap_values, plan.rows, plan.offsets,
                                plan.max_offset, bias, out, s.bands, s.groups});
   };
-  const scalar_t* images = x.const_data_ptr<scalar_t>();
+  const scalar_t* images = input.const_data_ptr<scalar_t>();
   if (s.in_place) {
-    convolve_images(images, images + x.numel(), 0);
+    convolve_images(images, images + input.numel(), 0);
     return;
   }
-  // One bordered image at a time, in one buffer that ends in enough zeros for any tile; its
-  // border is zeroed once, and each image overwrites only the inside.
-  const int64_t height = x.size(2), width = x.size(3);
+  // One bordered image at a time (from any layout: channels last, views), in one buffer that
+  // ends in enough zeros for any tile; its border is zeroed once, and each image overwrites only
+  // the inside.
   const int64_t bordered = a.in_channels * plan.padded_h * plan.padded_w;
   const int64_t slack = kTileVectors * kLanes<scalar_t>;
-  at::Tensor buffer = at::empty({bordered + slack}, x.options());
+  at::Tensor buffer = at::empty({bordered + slack}, input.options());
   scalar_t* image = buffer.data_ptr<scalar_t>();
   std::fill(image + bordered, image + bordered + slack, scalar_t(0));
   zero_border(a.in_channels, height, width, plan, image);
   for (int64_t n = 0; n < a.batch; ++n) {
-    copy_into_border(images + n * a.in_channels * height * width, a.in_channels, height, width,
-                     plan, image);
+    copy_into_border(images + n * input.stride(0),
+                     Steps{input.stride(1), input.stride(2), input.stride(3)}, a.in_channels,
+                     height, width, plan, image);
     convolve_images(image, image + bordered + slack, n);
   }
 }
@@ -715,7 +750,8 @@ std::string sparse_conv2d_schedule_cpu(const at::Tensor& input, const at::Tensor
   std::string words;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sparse_conv2d_schedule_cpu", [&] {
     words = describe<scalar_t>(schedule_for<scalar_t>(call.args, input.size(2), input.size(3),
-                                                      call.plan.view(), at::get_num_threads()));
+                                                      input.is_contiguous(), call.plan.view(),
+                                                      at::get_num_threads()));
   });
   return words;
 }
