@@ -9,6 +9,7 @@ from torch import nn
 
 from prunekit import export
 from prunekit.cli import main
+from prunekit.ops import conv_timing
 from prunekit.ops.conv_timing import ConvShape, bench_conv, crossovers, format_conv_table
 from prunekit.timing import WARMUP, interleaved_median_ms
 from prunekit.errors import PrunekitError
@@ -219,6 +220,21 @@ def test_bench_conv_rows_table_and_crossovers():
     assert "3x3 8@12x12" in table and "sparsity 0.9" in table and "GMAC/s" in table
 
 
+def test_bench_conv_channels_last_times_both_on_a_channels_last_input(monkeypatch):
+    seen = []
+
+    def record(conv, sparse, x, repeats):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return conv_timing.ConvTiming(1.0, 0.5)
+
+    monkeypatch.setattr(conv_timing, "time_dense_and_sparse", record)
+    shapes = [ConvShape("1x1 16->4@9x7", 16, 4, 1, 9, 7)]
+    rows = bench_conv([0.9], repeats=1, shapes=shapes, channels_last=True)
+    assert seen == [True] and rows[0]["channels_last"] is True
+    bench_conv([0.9], repeats=1, shapes=shapes)
+    assert seen == [True, False]
+
+
 def test_output_positions_of_padded_and_dilated_shapes():
     assert ConvShape("a", 1, 1, 3, 36, 48, padding=2, dilation=2).output_positions(2) == 2 * 36 * 48
     assert ConvShape("b", 1, 1, 3, 10, 10).output_positions(1) == 8 * 8
@@ -250,3 +266,13 @@ def test_bench_conv_cli_json_and_plot(capsys, tmp_path):
     assert {row["layer"] for row in record["rows"]} == set(record["crossovers"])
     assert len(record["rows"]) == 8
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert record["channels_last"] is False
+
+
+def test_bench_conv_cli_channels_last(capsys):
+    code, out, err = invoke(capsys, "bench", "conv", "--sparsity", "0.95", "--repeats", "1",
+                            "--channels-last", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["channels_last"] is True and len(record["rows"]) == 8
+    assert all(row["channels_last"] and row["sparse_ms"] > 0 for row in record["rows"])

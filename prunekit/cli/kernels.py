@@ -63,10 +63,12 @@ def sparsities(ctx, param, value):
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per input.")
 @click.option("--repeats", type=int, default=10, show_default=True,
               help="Timed calls per measurement (the median counts).")
+@click.option("--channels-last", is_flag=True,
+              help="Inputs in channels-last layout (NHWC), for dense and sparse alike.")
 @click.option("--plot", default=None, help="Also write a PNG: speed-up against sparsity per "
                                            "layer shape.")
 @AS_JSON
-def bench_conv_command(sparsity_list, device, batch, repeats, plot, as_json):
+def bench_conv_command(sparsity_list, device, batch, repeats, channels_last, plot, as_json):
     """Reference layer shapes (ResNet-50, DeepLab-ResNet34) at each sparsity: dense vs sparse."""
     from ..ops.conv_timing import bench_conv, crossovers, format_conv_table
     from ..export import check_timing_request
@@ -75,12 +77,13 @@ def bench_conv_command(sparsity_list, device, batch, repeats, plot, as_json):
     if plot:
         check_plot_path(plot)
     rows = bench_conv(sparsity_list, device, batch, repeats,
-                      progress=lambda line: echo_err(f"bench: {line}"))
+                      progress=lambda line: echo_err(f"bench: {line}"), channels_last=channels_last)
     if plot:
         from ..plots import save_speedup_plot
         save_speedup_plot(rows, plot)
     if as_json:
-        click.echo(json.dumps({"device": device, "batch": batch, "rows": rows,
+        click.echo(json.dumps({"device": device, "batch": batch, "channels_last": channels_last,
+                               "rows": rows,
                                "crossovers": crossovers(rows)}, indent=2))
     else:
         click.echo(format_conv_table(rows))
