@@ -220,9 +220,9 @@ def test_inputs_in_any_layout(channels, kernel, options, dtype, device):
 @pytest.mark.usefixtures("cpu_build")
 @pytest.mark.parametrize("padding,dilation", [(1, 1), (3, 3), (6, 6)])
 def test_a_bordered_image_after_a_nan_one_reads_zeros_in_its_border(padding, dilation):
-    """Bordered images share one buffer whose border is zeroed once per call: an image after one
-    of NaNs (in the batch, or in the call before, whose freed buffer the allocator may hand back)
-    must read zeros in its border and only its own pixels inside."""
+    """Bordered images share one buffer whose border is zeroed once per call, and a thread keeps
+    it from call to call: an image after one of NaNs (in the batch, or in the call before, whose
+    NaNs the kept buffer still holds) must read zeros in its border and only its own pixels."""
     generator = torch.Generator().manual_seed(9)
     conv = conv_layer(4, 5, 3, generator, padding=padding, dilation=dilation)
     mask = random_mask(conv.weight.shape, 0.6, generator)

@@ -25,7 +25,7 @@
 // tile passes through every channel of the group before the next tile, so the tile's input is
 // read from cache by all channels but the first, and the group's kept weights stay in L1 across
 // tiles. Bands are short enough that the input they read stays in L2. Bordered images are copied
-// one at a time into one buffer whose border is zeroed once a call.
+// one at a time into one buffer (kept by the calling thread) whose border is zeroed once a call.
 // The task loop is compiled twice, for AVX2+FMA and for the build's default target (plain
 // x86-64), and the AVX2 one is chosen at run time when the CPU has it.
 #include <ATen/ATen.h>
@@ -36,8 +36,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -647,6 +650,27 @@ std::string describe(const Schedule& s) {
          (s.in_place ? ", in place" : "");
 }
 
+// A 64-byte aligned buffer of at least `size` elements for the bordered images of this thread's
+// calls, kept from call to call (the largest one asked for so far, until the thread ends): a
+// fresh one of megabytes can come back from the OS on every call, mapped and zeroed page by page
+// again (1x1 256->64@56x56 on a channels-last input took 0.34-0.84 ms from call to call with a
+// fresh buffer, 0.35 ms with this one). Its contents are stale: every call zeroes the border.
+template <typename scalar_t>
+scalar_t* bordered_buffer(int64_t size) {
+  struct Free {
+    void operator()(void* memory) const { std::free(memory); }
+  };
+  thread_local std::unique_ptr<void, Free> buffer;
+  thread_local int64_t held = 0;  // bytes
+  const int64_t bytes = (size * int64_t(sizeof(scalar_t)) + 63) / 64 * 64;
+  if (bytes > held) {
+    buffer.reset(std::aligned_alloc(64, bytes));
+    if (!buffer) throw std::bad_alloc();
+    held = bytes;
+  }
+  return static_cast<scalar_t*>(buffer.get());
+}
+
 // The convolution of `input` by the taps of `plan`, whose values are tap_values[t].
 template <typename scalar_t>
 void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapView& plan,
@@ -670,8 +694,7 @@ void convolve_input(const SparseConvArgs& a, const at::Tensor& input, const TapV
   // the inside.
   const int64_t bordered = a.in_channels * plan.padded_h * plan.padded_w;
   const int64_t slack = kTileVectors * kLanes<scalar_t>;
-  at::Tensor buffer = at::empty({bordered + slack}, input.options());
-  scalar_t* image = buffer.data_ptr<scalar_t>();
+  scalar_t* image = bordered_buffer<scalar_t>(bordered + slack);
   std::fill(image + bordered, image + bordered + slack, scalar_t(0));
   zero_border(a.in_channels, height, width, plan, image);
   for (int64_t n = 0; n < a.batch; ++n) {
