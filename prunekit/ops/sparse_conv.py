@@ -70,7 +70,8 @@ def sparse_conv2d_schedule(input: torch.Tensor, values: torch.Tensor, row_offset
     (output rows x columns summed in registers at a time), ``runs of 32`` (rows end to end,
     ``+ border`` when the border's columns are summed and dropped) or ``strided``, then its
     bands of rows and groups of channels, and ``in place`` when the input is not copied. It is
-    chosen from the shapes, the kept weights' count and the thread count alone."""
+    chosen from the shapes, whether ``input`` is contiguous (only then read in place), the kept
+    weights' count and the thread count alone."""
     return torch.ops.prunekit.sparse_conv2d_schedule(
         input, values.detach(), row_offsets, columns,
         *_geometry(kernel_size, stride, padding, dilation))

@@ -365,7 +365,8 @@ def test_a_1x1_layer_gives_threads_bands_before_groups(shape, size, how):
 
 
 @pytest.mark.parametrize("shape, options, size, dtype, how", [
-    ((256, 64, 1), dict(), (56, 56), torch.float32, r"runs of 32, \d+ bands? x \d+ groups?, in place"),
+    ((256, 64, 1), dict(), (56, 56), torch.float32,
+     r"runs of 32, \d+ bands? x \d+ groups?, in place"),
     ((16, 16, 3), dict(padding=1), (14, 14), torch.float32, r"runs of 64 \+ border, "),
     ((16, 16, 3), dict(padding=6, dilation=6), (30, 40), torch.float32, r"tiles 1x40, "),
     ((16, 16, 3), dict(padding=6, dilation=6), (30, 40), torch.float64, r"tiles 1x20, "),

@@ -20,7 +20,8 @@
 // adds do not wait on each other, and the output written once. Tiles of rows prefetch the input
 // of the kept weight a few on, whose place the hardware cannot guess. Other width strides sum each
 // output row's positions one by one. How a call is cut (schedule_for) is a function of its
-// shapes, its kept weights' count and the thread count; sparse_conv2d_schedule says it in words.
+// shapes, its input's layout, its kept weights' count and the thread count;
+// sparse_conv2d_schedule says it in words.
 // Work is split over (image, band of output rows, group of output channels); inside a task each
 // tile passes through every channel of the group before the next tile, so the tile's input is
 // read from cache by all channels but the first, and the group's kept weights stay in L1 across
